@@ -1,0 +1,111 @@
+"""Attention Refinement Module: coverage of past attention, refined by CBAM.
+
+The ARM turns how much each image position has already been attended into a
+penalty that is subtracted from the next cross-attention logits, so the decoder
+neither skips ink nor reads it twice.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import HMERConfig
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excite over both average and max pooled features (CBAM, part 1)."""
+
+    def __init__(self, channels: int, ratio: int = 2) -> None:
+        super().__init__()
+        self.excitation = nn.Sequential(
+            nn.Conv2d(channels, channels // ratio, kernel_size=1),
+            nn.ReLU(),
+            nn.Conv2d(channels // ratio, channels, kernel_size=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: [n, c, h, w]
+        avg = self.excitation(x.mean(dim=(2, 3), keepdim=True))  # [n, c, 1, 1]
+        mx = self.excitation(x.amax(dim=(2, 3), keepdim=True))
+        return x * torch.sigmoid(avg + mx)
+
+
+class SpatialAttention(nn.Module):
+    """A 7x7 conv over the channel-wise average and max maps (CBAM, part 2)."""
+
+    def __init__(self, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: [n, c, h, w]
+        pooled = torch.cat((x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)), dim=1)  # [n, 2, h, w]
+        return x * torch.sigmoid(self.bn(self.conv(pooled)))  # [n, c, h, w]
+
+
+class CBAM(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channel_attention = ChannelAttention(channels)
+        self.spatial_attention = SpatialAttention()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.spatial_attention(self.channel_attention(x))
+
+
+class MaskedBatchNorm(nn.Module):
+    """BatchNorm whose statistics (and output) cover only the unpadded positions."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(num_features)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        # x: [n, c, h, w]; mask: [n, 1, h, w], True = padding
+        if not self.training:
+            # Eval BN is per-element affine: normalize everywhere, keep the padding as it was.
+            bn = self.bn
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            shift = bn.bias - bn.running_mean * scale
+            y = x * scale[:, None, None] + shift[:, None, None]
+            return torch.where(mask, x, y)
+        x = x.permute(0, 2, 3, 1)  # [n, h, w, c]
+        valid = ~mask[:, 0]
+        out = x.clone()
+        out[valid] = self.bn(x[valid])
+        return out.permute(0, 3, 1, 2)
+
+
+class AttentionRefinementModule(nn.Module):
+    def __init__(self, config: HMERConfig) -> None:
+        super().__init__()
+        if not (config.cross_coverage or config.self_coverage):
+            raise ValueError("the ARM needs cross_coverage, self_coverage or both")
+        in_channels = config.nhead * (int(config.cross_coverage) + int(config.self_coverage))
+        self.cross_coverage = config.cross_coverage
+        self.self_coverage = config.self_coverage
+        self.conv = nn.Conv2d(in_channels, config.dc, kernel_size=5, padding=2)
+        self.cbam = CBAM(config.dc) if config.cbam else None
+        self.proj = nn.Conv2d(config.dc, config.nhead, kernel_size=1, bias=False)
+        self.post_norm = MaskedBatchNorm(config.nhead)
+
+    def coverage_input(self, prev: Tensor | None, curr: Tensor | None) -> Tensor:
+        """Stack the coverage maps this ARM reads: [n, H, L] each -> [n, k*H, L]."""
+        parts = []
+        if self.cross_coverage:
+            parts.append(prev)
+        if self.self_coverage:
+            parts.append(curr)
+        return torch.cat(parts, dim=1)
+
+    def forward(self, coverage: Tensor, mask: Tensor) -> Tensor:
+        # coverage: [n, k*H, h, w] attention summed over the past steps; mask: [n, 1, h, w]
+        cov = F.relu(self.conv(coverage))  # [n, dc, h, w]
+        if self.cbam is not None:
+            cov = self.cbam(cov)
+        cov = cov.masked_fill(mask, 0.0)
+        cov = self.proj(cov)  # [n, H, h, w]
+        return self.post_norm(cov, mask)

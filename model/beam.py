@@ -1,0 +1,211 @@
+"""Beam search: the reference's "approximate joint search", decoded incrementally.
+
+Both directions are searched in one batch (left-to-right from <sos>, right-to-
+left from <eos>); every finished hypothesis is then rescored by the opposite
+direction, and the two length-normalized log-probabilities are added. The
+search itself mirrors the reference's BeamSearchScorer step for step, but each
+step feeds one token into a cached decoder state instead of re-decoding the
+whole prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.hmer import HMER, direction_targets
+from model.vocab import Vocabulary
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    ids: tuple[int, ...]  # symbol ids, left-to-right, without <sos>/<eos>
+    score: float  # forward + reverse length-normalized log-probability
+    direction: str  # "l2r" or "r2l": the search that found it
+
+
+class _BeamGroup:
+    """The finished hypotheses of one (image, direction) search."""
+
+    def __init__(self, beam_size: int, alpha: float, early_stopping: bool) -> None:
+        self.beam_size = beam_size
+        self.alpha = alpha
+        self.early_stopping = early_stopping
+        self.beams: list[tuple[float, list[int]]] = []  # (normalized score, ids incl. start)
+        self.worst = 1e9
+        self.done = False
+
+    def add(self, ids: list[int], sum_logprobs: float) -> None:
+        score = sum_logprobs / (len(ids) ** self.alpha)
+        if len(self.beams) < self.beam_size or score > self.worst:
+            self.beams.append((score, ids))
+            if len(self.beams) > self.beam_size:
+                ranked = sorted((s, i) for i, (s, _) in enumerate(self.beams))
+                del self.beams[ranked[0][1]]
+                self.worst = ranked[1][0]
+            else:
+                self.worst = min(score, self.worst)
+
+    def is_done(self, best_sum_logprobs: float, cur_len: int) -> bool:
+        if len(self.beams) < self.beam_size:
+            return False
+        if self.early_stopping:
+            return True
+        return self.worst >= best_sum_logprobs / cur_len**self.alpha
+
+
+@torch.no_grad()
+def _search(
+    model: HMER,
+    memory: Tensor,
+    mem_mask: Tensor,
+    vocab: Vocabulary,
+    beam_size: int,
+    max_len: int,
+    alpha: float,
+    early_stopping: bool,
+) -> list[_BeamGroup]:
+    """Beam search of both directions for all images: groups 0..B-1 are l2r,
+    groups B..2B-1 r2l; sequence i of the batch belongs to group i // width."""
+    decoder = model.decoder
+    b = memory.shape[0]
+    groups = [_BeamGroup(beam_size, alpha, early_stopping) for _ in range(2 * b)]
+    n_groups = len(groups)
+    device = memory.device
+    image_index = torch.arange(b, device=device).repeat(2)  # [2b]
+    state = decoder.start(memory, mem_mask, image_index)
+    starts = [vocab.sos_id] * b + [vocab.eos_id] * b
+    prefixes: list[list[int]] = [[s] for s in starts]  # tokens fed so far, per sequence
+    last = torch.tensor(starts, device=device)
+    beam_scores = torch.zeros(n_groups, device=device)
+    stop_ids = {vocab.pad_id, vocab.sos_id, vocab.eos_id}
+    cur_len = 1
+    while cur_len < max_len and not all(g.done for g in groups):
+        logits, _, _ = decoder.step(state, last)
+        scores = F.log_softmax(logits.float(), dim=-1) + beam_scores[:, None]  # [n, V]
+        v = scores.shape[-1]
+        width = scores.shape[0] // n_groups
+        top_scores, top = scores.view(n_groups, width * v).topk(2 * beam_size, dim=1)  # [G, 2k]
+        top_beam, top_tok = (top // v).tolist(), (top % v).tolist()
+        top_scores_list = top_scores.tolist()
+        if cur_len == 1:  # every group now holds beam_size sequences
+            state.reorder(torch.arange(n_groups, device=device).repeat_interleave(beam_size))
+            prefixes = [p for p in prefixes for _ in range(beam_size)]
+        new_scores = [0.0] * (n_groups * beam_size)
+        new_tokens = [vocab.pad_id] * (n_groups * beam_size)
+        new_index = [0] * (n_groups * beam_size)
+        for g, group in enumerate(groups):
+            base = g * beam_size
+            if group.done:
+                for j in range(beam_size):
+                    new_index[base + j] = base
+                continue
+            j = 0
+            for rank, (tok, score, src) in enumerate(zip(top_tok[g], top_scores_list[g], top_beam[g])):
+                seq = base + src
+                if tok in stop_ids:
+                    if rank < beam_size:
+                        group.add(list(prefixes[seq]), score)
+                else:
+                    new_scores[base + j], new_tokens[base + j], new_index[base + j] = score, tok, seq
+                    j += 1
+                if j == beam_size:
+                    break
+            group.done = group.done or group.is_done(max(top_scores_list[g]), cur_len)
+        index = torch.tensor(new_index, device=device)
+        state.reorder(index)
+        prefixes = [prefixes[i] + [t] for i, t in zip(new_index, new_tokens)]
+        beam_scores = torch.tensor(new_scores, device=device)
+        last = torch.tensor(new_tokens, device=device)
+        cur_len += 1
+    final = beam_scores.tolist()
+    for g, group in enumerate(groups):
+        if not group.done:
+            for j in range(beam_size):
+                group.add(list(prefixes[g * beam_size + j]), final[g * beam_size + j])
+    return groups
+
+
+@torch.no_grad()
+def rate(
+    model: HMER,
+    memory: Tensor,
+    mem_mask: Tensor,
+    seqs: list[list[int]],
+    vocab: Vocabulary,
+    reverse: bool,
+    alpha: float,
+) -> Tensor:
+    """Length-normalized log-probability of each sequence (l2r ids) read in one
+    direction; memory rows are already aligned with `seqs`. Returns [n]."""
+    tgt, out = direction_targets(seqs, vocab, reverse=reverse)
+    tgt, out = tgt.to(memory.device), out.to(memory.device)
+    logits, _, _ = model.decoder(memory, mem_mask, tgt)
+    nll = F.cross_entropy(logits.float().transpose(1, 2), out, ignore_index=vocab.pad_id, reduction="none")
+    length = (tgt != vocab.pad_id).sum(dim=1).float()
+    return -nll.sum(dim=1) / length**alpha
+
+
+@torch.no_grad()
+def beam_search(
+    model: HMER,
+    imgs: Tensor,
+    masks: Tensor,
+    vocab: Vocabulary,
+    beam_size: int = 10,
+    max_len: int = 200,
+    alpha: float = 1.0,
+    early_stopping: bool = False,
+) -> list[list[Hypothesis]]:
+    """n-best hypotheses per image, best first, each token sequence once."""
+    memory, mem_mask = model.encode(imgs, masks)
+    return beam_search_memory(model, memory, mem_mask, vocab, beam_size, max_len, alpha, early_stopping)
+
+
+@torch.no_grad()
+def beam_search_memory(
+    model: HMER,
+    memory: Tensor,
+    mem_mask: Tensor,
+    vocab: Vocabulary,
+    beam_size: int = 10,
+    max_len: int = 200,
+    alpha: float = 1.0,
+    early_stopping: bool = False,
+) -> list[list[Hypothesis]]:
+    b = memory.shape[0]
+    groups = _search(model, memory, mem_mask, vocab, beam_size, max_len, alpha, early_stopping)
+    # every hypothesis, in left-to-right order, with its image and direction
+    items: list[tuple[int, str, list[int], float]] = []
+    for g, group in enumerate(groups):
+        image, direction = g % b, ("l2r" if g < b else "r2l")
+        for score, ids in group.beams:
+            body = ids[1:]
+            items.append((image, direction, body if direction == "l2r" else body[::-1], score))
+    # rescore each with the opposite direction: l2r hypotheses are read right-to-left
+    totals = [0.0] * len(items)
+    for direction in ("l2r", "r2l"):
+        chosen = [i for i, it in enumerate(items) if it[1] == direction]
+        if not chosen:
+            continue
+        image = torch.tensor([items[i][0] for i in chosen], device=memory.device)
+        reverse_scores = rate(
+            model, memory[image], mem_mask[image], [items[i][2] for i in chosen], vocab,
+            reverse=(direction == "l2r"), alpha=alpha,
+        ).tolist()  # fmt: skip
+        for i, r in zip(chosen, reverse_scores):
+            totals[i] = items[i][3] + r
+    results: list[list[Hypothesis]] = []
+    for image in range(b):
+        best: dict[tuple[int, ...], Hypothesis] = {}
+        for (img, direction, ids, _), total in zip(items, totals):
+            if img != image:
+                continue
+            key = tuple(ids)
+            if key not in best or total > best[key].score:
+                best[key] = Hypothesis(key, total, direction)
+        results.append(sorted(best.values(), key=lambda h: -h.score))
+    return results

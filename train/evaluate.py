@@ -1,0 +1,122 @@
+"""`hmer-eval`: ExpRate and <=1/2/3-error rates of a checkpoint on a CROHME-layout split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from model.beam import beam_search
+from model.checkpoint import CheckpointError, load_checkpoint
+from model.greedy import greedy_search
+from model.hmer import HMER
+from model.paths import BUNDLED_CHECKPOINT, asset_path
+from model.rasterize import rasterize
+from model.vocab import Vocabulary
+from train.data import Example, load_split
+from train.metrics import ExpRateCounter
+
+log = logging.getLogger(__name__)
+LENGTH_BINS = [(1, 5), (6, 10), (11, 20), (21, 40), (41, 10_000)]
+
+
+def image_tensors(example: Example, model: HMER, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    image = rasterize(example.strokes, model.config.raster).image
+    imgs = torch.from_numpy(image)[None, None].to(device)
+    masks = torch.zeros(1, *image.shape, dtype=torch.bool, device=device)
+    return imgs, masks
+
+
+def evaluate_examples(
+    model: HMER,
+    vocab: Vocabulary,
+    examples: list[Example],
+    beam: int = 10,
+    device: torch.device | str = "cpu",
+    unreadable: list[tuple[str, str]] | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Decode each expression alone (as the app does) and score it against its tokens."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    counter = ExpRateCounter()
+    by_length: dict[str, ExpRateCounter] = defaultdict(ExpRateCounter)
+    failures = []
+    for ex in tqdm(examples, desc="evaluating", disable=not show_progress, dynamic_ncols=True, mininterval=2):
+        imgs, masks = image_tensors(ex, model, device)
+        with torch.inference_mode():
+            if beam > 0:
+                ids = list(beam_search(model, imgs, masks, vocab, beam_size=beam)[0][0].ids)
+            else:
+                ids = greedy_search(model, imgs, masks, vocab)[0][0]
+        pred = vocab.decode(ids)
+        dist = counter.add(pred, ex.tokens)
+        lo, hi = next(b for b in LENGTH_BINS if b[0] <= len(ex.tokens) <= b[1])
+        by_length[f"{lo}-{hi}" if hi < 10_000 else f">{lo - 1}"].add(pred, ex.tokens)
+        if dist:
+            failures.append({"id": ex.id, "distance": dist, "prediction": " ".join(pred), "truth": " ".join(ex.tokens)})
+    for name, reason in unreadable or []:
+        counter.add(None, [])
+        failures.append({"id": Path(name).stem, "distance": None, "prediction": None, "truth": None, "error": reason})
+    return {
+        "n": counter.n,
+        **counter.summary(),
+        "by_length": {k: {"n": c.n, **c.summary()} for k, c in sorted(by_length.items(), key=lambda kv: int(kv[0].split("-")[0].lstrip(">")))},
+        "failures": failures,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hmer-eval", description="Score a checkpoint on a CROHME-layout split.")
+    parser.add_argument("--data", required=True, help="folder with SPLIT/ (InkML) and optionally captions/SPLIT.txt")
+    parser.add_argument("--split", required=True, help="e.g. 2014, 2016")
+    parser.add_argument("--checkpoint", help=f"default: the bundled assets/{BUNDLED_CHECKPOINT}")
+    parser.add_argument("--beam", type=int, default=10, help="beam size; 0 = greedy")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N expressions")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--json", dest="json_out", help="write the report as JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = Path(args.checkpoint) if args.checkpoint else asset_path(BUNDLED_CHECKPOINT)
+    try:
+        model, vocab, _ = load_checkpoint(path)
+    except CheckpointError as e:
+        print(f"hmer-eval: {e}", file=sys.stderr)
+        return 2
+    try:
+        examples, report = load_split(args.data, args.split, vocab, limit=args.limit or None)
+    except FileNotFoundError as e:
+        print(f"hmer-eval: {e}", file=sys.stderr)
+        return 2
+    start = time.monotonic()
+    result = evaluate_examples(model, vocab, examples, args.beam, args.device,
+                               unreadable=report.unreadable + [(n, "no label") for n in report.no_label])  # fmt: skip
+    result = {"split": args.split, "checkpoint": str(path), "beam": args.beam,
+              "seconds": round(time.monotonic() - start, 2), **result}  # fmt: skip
+    print(f"{args.split}: n={result['n']}  ExpRate {result['exprate']:.2f}%  <=1 {result['le1']:.2f}%  "
+          f"<=2 {result['le2']:.2f}%  <=3 {result['le3']:.2f}%  ({result['seconds']:.0f} s, beam {args.beam})")  # fmt: skip
+    for name, row in result["by_length"].items():
+        print(f"  length {name:>6}: n={row['n']:4d}  ExpRate {row['exprate']:6.2f}%")
+    shown = result["failures"][:20]
+    if shown:
+        print(f"failures ({len(result['failures'])}, first {len(shown)}):")
+        for f in shown:
+            print(f"  {f['id']}: {f.get('error') or f['prediction']!s}  | truth: {f['truth']}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
