@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"hmer-train: {e}", file=sys.stderr)
         return 2
-    result = trainer.run()
+    try:
+        result = trainer.run()
+    finally:
+        trainer.close()
     print(json.dumps(result, indent=2))
     return 0
 

@@ -387,8 +387,11 @@ class Trainer:
         result: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "best": self.best, "reason": stop_reason}
         if stop_reason == "max_epochs" and cfg.final_beam and self.val_examples and self.dist.is_main:
             result["final"] = self.final_evaluation()
-        shutdown(self.dist)
         return result
+
+    def close(self) -> None:
+        """Leave the process group (torchrun runs)."""
+        shutdown(self.dist)
 
     def final_evaluation(self) -> dict[str, Any]:
         from train.evaluate import evaluate_examples

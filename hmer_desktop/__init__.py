@@ -1,0 +1,1 @@
+"""The hmer desktop app (Qt). Widgets receive plain data from model.prediction, never torch objects."""

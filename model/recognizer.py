@@ -1,0 +1,139 @@
+"""The inference API used by the app and the command line.
+
+    rec = Recognizer.load()                    # the bundled model
+    pred = rec.recognize(strokes, beam_size=10)
+    pred.latex, pred.attention, pred.structure_agrees, ...
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.beam import beam_search_memory
+from model.checkpoint import CheckpointError, load_checkpoint
+from model.greedy import greedy_search
+from model.hmer import HMER, direction_targets
+from model.image_input import image_to_input
+from model.paths import BUNDLED_CHECKPOINT, asset_path
+from model.prediction import Alternative, Prediction
+from model.rasterize import rasterize
+from model.vocab import Vocabulary
+
+DOWNSAMPLE = 16  # the DenseNet encoder's total stride
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("CUDA was requested but no CUDA device is available")
+    return dev
+
+
+class Recognizer:
+    def __init__(
+        self, model: HMER, vocab: Vocabulary, device: torch.device, meta: dict[str, Any] | None = None,
+        path: Path | None = None,
+    ) -> None:  # fmt: skip
+        self.model = model.to(device).eval()
+        self.vocab = vocab
+        self.device = device
+        self.meta = meta or {}
+        self.path = path
+        self.max_len = 200
+        self._lock = threading.Lock()  # one decode at a time per model
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "auto") -> "Recognizer":
+        """Load a checkpoint (default: the bundled one); errors are CheckpointError with the reason."""
+        if path is None:
+            path = asset_path(BUNDLED_CHECKPOINT)
+            if not path.exists():
+                raise CheckpointError(
+                    f"no bundled model at {path}. Train one with `hmer-train --config cpu_small "
+                    "--data DIR --out RUN` and pass RUN/best.pt with --checkpoint, or restore "
+                    f"assets/{BUNDLED_CHECKPOINT} from the repository."
+                )
+        path = Path(path)
+        model, vocab, meta = load_checkpoint(path)
+        return cls(model, vocab, resolve_device(device), meta, path)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def recognize(self, strokes: list[np.ndarray], beam_size: int = 10) -> Prediction:
+        """Strokes: arrays [n, 2+] of x, y (pressure etc. ignored), in any units."""
+        t0 = time.perf_counter()
+        raster = rasterize(strokes, self.model.config.raster)
+        timings = {"rasterize": (time.perf_counter() - t0) * 1000}
+        return self._decode(raster.image, raster.transform.as_matrix(), beam_size, timings)
+
+    def recognize_image(self, array: np.ndarray, beam_size: int = 10) -> Prediction:
+        """A photo or scan of handwriting: grayscale or RGB(A), dark ink on light or the reverse."""
+        t0 = time.perf_counter()
+        image = image_to_input(array, self.model.config.raster)
+        timings = {"rasterize": (time.perf_counter() - t0) * 1000}
+        return self._decode(image, None, beam_size, timings)
+
+    @torch.inference_mode()
+    def _decode(
+        self, image: np.ndarray, ink_to_image: np.ndarray | None, beam_size: int, timings: dict[str, float]
+    ) -> Prediction:
+        with self._lock:
+            imgs = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.device)
+            masks = torch.zeros(1, *image.shape, dtype=torch.bool, device=self.device)
+            t = time.perf_counter()
+            memory, mem_mask = self.model.encode(imgs, masks)
+            timings["encode"] = (time.perf_counter() - t) * 1000
+            t = time.perf_counter()
+            if beam_size > 1:
+                hyps = beam_search_memory(self.model, memory, mem_mask, self.vocab, beam_size, self.max_len)[0]
+                nbest = [(list(h.ids), h.score) for h in hyps]
+            else:
+                ids, logp = greedy_search(self.model, imgs, masks, self.vocab, self.max_len)[0]
+                nbest = [(ids, logp / (len(ids) + 1))]
+            timings["search"] = (time.perf_counter() - t) * 1000
+            t = time.perf_counter()
+            best_ids = nbest[0][0]
+            tgt, _ = direction_targets([best_ids], self.vocab, reverse=False)
+            main, aux, attn = self.model.decoder(memory, mem_mask, tgt.to(self.device), need_attention=True)
+            timings["explain"] = (time.perf_counter() - t) * 1000
+        n = len(best_ids)
+        probs = torch.softmax(main[0].float(), dim=-1)  # [n+1, V]
+        token_probs = probs[torch.arange(n), torch.tensor(best_ids, dtype=torch.long)].cpu().numpy() if n else np.zeros(0)
+        structure_ids = aux[0, :n].argmax(dim=-1).tolist()
+        h, w = memory.shape[1:3]
+        attention = attn[0, :, :n].mean(dim=0).reshape(n, h, w).float().cpu().numpy()  # [n, h, w]
+        tokens = self.vocab.decode(best_ids)
+        scores = np.array([s for _, s in nbest], dtype=np.float64)
+        rel = np.exp(scores - scores.max())
+        rel /= rel.sum()
+        alternatives = [
+            Alternative(" ".join(self.vocab.decode(ids)), self.vocab.decode(ids), float(s), float(p))
+            for (ids, s), p in zip(nbest, rel)
+        ]
+        timings["total"] = sum(timings.values())
+        return Prediction(
+            latex=" ".join(tokens),
+            tokens=tokens,
+            score=float(nbest[0][1]) if math.isfinite(nbest[0][1]) else float("-inf"),
+            token_probs=token_probs.astype(np.float32),
+            attention=attention.astype(np.float32),
+            image=image.astype(np.float32),
+            ink_to_image=ink_to_image,
+            downsample=DOWNSAMPLE,
+            structure=self.vocab.decode(structure_ids),
+            expected_structure=self.vocab.decode(self.vocab.structure(best_ids)),
+            alternatives=alternatives,
+            timings_ms={k: round(v, 2) for k, v in timings.items()},
+            device=self.device.type,
+        )

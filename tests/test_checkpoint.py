@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.config import HMERConfig
+from model.hmer import HMER
+from model.vocab import Vocabulary
+
+
+def _model() -> HMER:
+    torch.manual_seed(1)
+    return HMER(HMERConfig.tiny()).eval()
+
+
+def _outputs(model: HMER) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(2)
+    imgs = torch.rand(1, 1, 32, 48)
+    with torch.no_grad():
+        return model(imgs, torch.zeros(1, 32, 48, dtype=torch.bool), torch.tensor([[1, 10, 20], [2, 20, 10]]))
+
+
+def test_round_trip_gives_the_same_model_outputs_and_metadata(tmp_path):
+    model, vocab = _model(), Vocabulary.default()
+    save_checkpoint(tmp_path / "m.pt", model, vocab, {"step": 12})
+    loaded, loaded_vocab, meta = load_checkpoint(tmp_path / "m.pt")
+    assert loaded_vocab == vocab and meta["step"] == 12 and loaded.config == model.config
+    for a, b in zip(_outputs(model), _outputs(loaded.eval())):
+        assert torch.equal(a, b)
+
+
+def test_half_precision_checkpoint_is_smaller_and_close(tmp_path):
+    model, vocab = _model(), Vocabulary.default()
+    save_checkpoint(tmp_path / "full.pt", model, vocab)
+    save_checkpoint(tmp_path / "half.pt", model, vocab, half=True)
+    assert (tmp_path / "half.pt").stat().st_size < 0.7 * (tmp_path / "full.pt").stat().st_size
+    loaded, _, _ = load_checkpoint(tmp_path / "half.pt")
+    for a, b in zip(_outputs(model), _outputs(loaded.eval())):
+        torch.testing.assert_close(a, b, atol=5e-2, rtol=5e-2)
+
+
+def test_missing_empty_corrupt_and_truncated_files_say_which(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_checkpoint(tmp_path / "empty.pt")
+    (tmp_path / "junk.pt").write_bytes(b"this is not a checkpoint" * 100)
+    with pytest.raises(CheckpointError, match="corrupt|cannot be read"):
+        load_checkpoint(tmp_path / "junk.pt")
+    save_checkpoint(tmp_path / "good.pt", _model(), Vocabulary.default())
+    data = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt|truncated"):
+        load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_a_file_of_another_kind_is_refused(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an hmer checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    save_checkpoint(tmp_path / "v.pt", _model(), Vocabulary.default())
+    ckpt = torch.load(tmp_path / "v.pt", weights_only=True)
+    ckpt["format_version"] = 99
+    torch.save(ckpt, tmp_path / "v99.pt")
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_checkpoint(tmp_path / "v99.pt")
+
+
+def test_another_vocabulary_or_config_is_named(tmp_path):
+    vocab = Vocabulary.default()
+    save_checkpoint(tmp_path / "m.pt", _model(), vocab)
+    swapped = list(vocab.tokens)
+    swapped[10], swapped[11] = swapped[11], swapped[10]
+    with pytest.raises(CheckpointError, match="another vocabulary"):
+        load_checkpoint(tmp_path / "m.pt", expect_vocab=Vocabulary(swapped))
+    with pytest.raises(CheckpointError, match="another model config.*d_model"):
+        load_checkpoint(tmp_path / "m.pt", expect_config=HMERConfig.tiny().replace(d_model=64))
+
+
+def test_weights_that_do_not_fit_their_config_are_refused(tmp_path):
+    save_checkpoint(tmp_path / "m.pt", _model(), Vocabulary.default())
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    ckpt["config"]["d_model"] = 64
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="weights do not fit|does not match"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, _model(), Vocabulary.default(), {"step": 1})
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(path, _model(), Vocabulary.default(), {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)[2]["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left behind

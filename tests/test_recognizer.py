@@ -1,0 +1,119 @@
+"""A tiny model trained on synthetic ink: the inference API returns its exact LaTeX and explains it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from model.checkpoint import CheckpointError
+from model.image_input import image_to_input
+from model.inkml import write_inkml
+from model.rasterize import InkError, rasterize
+from model.recognizer import Recognizer
+from tests.conftest import REPO, SYNTHETIC_EXPRESSIONS
+from tests.synthetic_ink import ink_for
+
+
+@pytest.fixture(scope="module")
+def recognizer(tiny_checkpoint) -> Recognizer:
+    return Recognizer.load(tiny_checkpoint, device="cpu")
+
+
+@pytest.mark.parametrize("latex", SYNTHETIC_EXPRESSIONS)
+def test_recognizes_the_expressions_it_learned(recognizer, latex):
+    pred = recognizer.recognize(ink_for(latex, size=37.0), beam_size=5)
+    assert pred.latex == latex
+    n = len(pred.tokens)
+    h, w = pred.image.shape
+    assert pred.attention.shape == (n, -(-h // 16), -(-w // 16))
+    assert pred.token_probs.shape == (n,) and ((pred.token_probs > 0) & (pred.token_probs <= 1)).all()
+    np.testing.assert_allclose(pred.attention.sum(axis=(1, 2)), 1.0, atol=1e-4)  # a distribution per token
+    assert len(pred.structure) == n and pred.expected_structure == recognizer.vocab.structure_tokens(pred.tokens)
+    assert pred.alternatives[0].latex == latex
+    assert sum(a.probability for a in pred.alternatives) == pytest.approx(1.0)
+    assert set(pred.timings_ms) >= {"rasterize", "encode", "search", "explain", "total"}
+
+
+def test_greedy_and_beam_agree_on_learned_ink(recognizer):
+    strokes = ink_for(SYNTHETIC_EXPRESSIONS[2])
+    assert recognizer.recognize(strokes, beam_size=1).latex == recognizer.recognize(strokes, beam_size=10).latex
+
+
+def test_ink_to_image_map_matches_the_rasterizer(recognizer):
+    strokes = ink_for("1 + 2", size=5.0)
+    pred = recognizer.recognize(strokes, beam_size=3)
+    raster = rasterize(strokes, recognizer.config.raster)
+    np.testing.assert_allclose(pred.ink_to_image, raster.transform.as_matrix())
+    np.testing.assert_array_equal(pred.image, raster.image)
+
+
+def test_a_photo_is_resized_to_the_scale_of_rasterized_ink(recognizer):
+    cfg = recognizer.config.raster
+    for latex in SYNTHETIC_EXPRESSIONS:
+        image = rasterize(ink_for(latex), cfg).image
+        photo = np.kron(255 - (image * 255).astype(np.uint8), np.ones((3, 3), dtype=np.uint8))  # 3x, dark on light
+        rgb = np.repeat(photo[..., None], 3, axis=2)
+        got = image_to_input(rgb, cfg)
+        # components are not strokes (a '+' is one component, two strokes): the scale agrees within 20%
+        assert abs(got.shape[1] - image.shape[1]) <= 0.2 * image.shape[1] + 4
+        assert abs(got.shape[0] - image.shape[0]) <= 0.2 * image.shape[0] + 4
+        assert np.median(got) < 0.05 and got.max() > 0.9  # ink bright on a dark background, like rasterized ink
+        same = np.asarray(Image.fromarray(got).resize(image.shape[::-1], Image.Resampling.BILINEAR))
+        blur = lambda a: ndimage.gaussian_filter(a, 1.5)  # noqa: E731 - tolerate a pixel of offset
+        assert np.corrcoef(blur(same).ravel(), blur(image).ravel())[0, 1] > 0.6
+
+
+def test_recognize_image_returns_a_full_prediction(recognizer):
+    image = rasterize(ink_for("x ^ { 2 } = y"), recognizer.config.raster).image
+    pred = recognizer.recognize_image((255 - image * 255).astype(np.uint8), beam_size=3)
+    assert pred.ink_to_image is None and 0 <= pred.image.min() and pred.image.max() <= 1.0
+    assert pred.attention.shape[0] == len(pred.tokens) > 0
+
+
+def test_blank_or_empty_input_is_a_clear_error(recognizer):
+    with pytest.raises(InkError):
+        recognizer.recognize([], beam_size=3)
+    with pytest.raises(InkError, match="no ink"):
+        recognizer.recognize_image(np.full((50, 80), 255, dtype=np.uint8))
+
+
+def test_a_missing_checkpoint_says_how_to_get_one(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        Recognizer.load(tmp_path / "none.pt")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "model.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_prints_latex_and_json(tmp_path, tiny_checkpoint):
+    write_inkml(tmp_path / "e.inkml", ink_for("y - x = 1"), None)
+    done = _cli(str(tmp_path / "e.inkml"), "--checkpoint", str(tiny_checkpoint), "--beam", "3")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "y - x = 1"
+    done = _cli(str(tmp_path / "e.inkml"), "--checkpoint", str(tiny_checkpoint), "--json")
+    data = json.loads(done.stdout)
+    assert data["latex"] == "y - x = 1" and "attention" not in data and data["attention_shape"][0] == 5
+
+
+@pytest.mark.parametrize("content, message", [(None, "no such file"), (b"<ink>", "not well-formed"), (b"", "empty")])
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, tiny_checkpoint, content, message):
+    path = tmp_path / "bad.inkml"
+    if content is not None:
+        path.write_bytes(content)
+    done = _cli(str(path), "--checkpoint", str(tiny_checkpoint))
+    assert done.returncode == 2
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_cli_bad_checkpoint_exits_2(tmp_path):
+    write_inkml(tmp_path / "e.inkml", ink_for("1 + 2"), None)
+    (tmp_path / "c.pt").write_bytes(b"garbage")
+    done = _cli(str(tmp_path / "e.inkml"), "--checkpoint", str(tmp_path / "c.pt"))
+    assert done.returncode == 2 and "checkpoint" in done.stderr and "Traceback" not in done.stderr

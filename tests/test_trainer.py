@@ -1,0 +1,123 @@
+"""The training loop: learning, exact resume, DDP, evaluation."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.inkml import write_inkml
+from tests.conftest import REPO, SYNTHETIC_EXPRESSIONS
+from tests.helpers import synthetic_examples, tiny_train_config
+from tests.synthetic_ink import ink_for
+from train.augment import AugmentConfig
+from train.evaluate import main as eval_main
+from train.trainer import Trainer
+
+
+def test_tiny_model_loss_falls_while_it_memorizes(tiny_checkpoint):
+    records = [json.loads(line) for line in (tiny_checkpoint.parent / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["event"] == "train"]
+    assert losses[-1] < 0.1 * losses[0]
+    assert (tiny_checkpoint.parent / "state.pt").exists()
+
+
+def _resume_config(max_steps: int):
+    cfg = tiny_train_config(max_steps=max_steps)
+    return replace(cfg, model=cfg.model.replace(dropout=0.2, encoder_dropout=0.1),
+                   data=replace(cfg.data, max_batch=3), augment=AugmentConfig(rotate_deg=3, stroke_jitter=0.02))  # fmt: skip
+
+
+def test_resume_continues_exactly(tmp_path):
+    examples = synthetic_examples(SYNTHETIC_EXPRESSIONS, copies=2, wobble=0.01)
+    kwargs = dict(train_examples=examples, val_examples=[], show_progress=False)
+    straight = Trainer(_resume_config(11), data_dir=tmp_path, out_dir=tmp_path / "a", **kwargs)
+    straight.run()
+    first = Trainer(_resume_config(4), data_dir=tmp_path, out_dir=tmp_path / "b", **kwargs)
+    first.run()
+    resumed = Trainer(_resume_config(11), data_dir=tmp_path, out_dir=tmp_path / "b", resume=True, **kwargs)
+    assert resumed.step == 4
+    resumed.run()
+    assert resumed.step == straight.step == 11 and resumed.epoch == straight.epoch
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_resume_refuses_another_model_config(tmp_path):
+    examples = synthetic_examples(SYNTHETIC_EXPRESSIONS)
+    Trainer(tiny_train_config(2), data_dir=tmp_path, out_dir=tmp_path / "r", train_examples=examples,
+            val_examples=[], show_progress=False).run()  # fmt: skip
+    cfg = tiny_train_config(4)
+    cfg = replace(cfg, model=cfg.model.replace(d_model=64))
+    with pytest.raises(RuntimeError, match="another model config"):
+        Trainer(cfg, data_dir=tmp_path, out_dir=tmp_path / "r", resume=True, train_examples=examples,
+                val_examples=[], show_progress=False)  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_with_two_gloo_processes(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+         str(REPO / "tests" / "ddp_worker.py"), str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, _, meta = load_checkpoint(tmp_path / "last.pt")
+    assert meta["world_size"] == 2 and meta["step"] == 6
+
+
+def test_hmer_eval_on_a_tiny_split_gives_known_figures(tmp_path, tiny_checkpoint, capsys):
+    split = tmp_path / "data" / "mini"
+    truths = list(SYNTHETIC_EXPRESSIONS[:4])
+    wrong = "1 + 2 +"  # the model reads "1 + 2": one token away
+    captions = []
+    for i, latex in enumerate(truths):
+        write_inkml(split / f"e{i}.inkml", ink_for(latex), latex)
+        captions.append(f"e{i}\t{wrong if i == 0 else latex}")
+    (split / "broken.inkml").write_text("<ink>")  # unreadable: counts as an error
+    (tmp_path / "data" / "captions").mkdir()
+    (tmp_path / "data" / "captions" / "mini.txt").write_text("\n".join(captions) + "\n")
+    out = tmp_path / "report.json"
+    assert eval_main(["--data", str(tmp_path / "data"), "--split", "mini", "--checkpoint", str(tiny_checkpoint),
+                      "--beam", "3", "--json", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["n"] == 5
+    assert report["exprate"] == pytest.approx(60.0) and report["le1"] == pytest.approx(80.0)
+    assert {"split", "n", "exprate", "le1", "le2", "le3", "checkpoint", "beam", "seconds"} <= set(report)
+    ids = {f["id"] for f in report["failures"]}
+    assert ids == {"e0", "broken"}
+    assert "ExpRate 60.00%" in capsys.readouterr().out
+
+
+def test_hmer_eval_uses_tokenized_truths_without_captions(tmp_path, tiny_checkpoint):
+    split = tmp_path / "data" / "raw"
+    write_inkml(split / "a.inkml", ink_for("x ^ { 2 } = y"), "$x^2=y$")
+    out = tmp_path / "r.json"
+    assert eval_main(["--data", str(tmp_path / "data"), "--split", "raw", "--checkpoint", str(tiny_checkpoint),
+                      "--beam", "2", "--json", str(out)]) == 0  # fmt: skip
+    assert json.loads(out.read_text())["exprate"] == 100.0
+
+
+def test_hmer_eval_reports_a_bad_checkpoint(tmp_path, capsys):
+    (tmp_path / "c.pt").write_bytes(b"junk")
+    assert eval_main(["--data", str(tmp_path), "--split", "x", "--checkpoint", str(tmp_path / "c.pt")]) == 2
+    assert "checkpoint" in capsys.readouterr().err
+
+
+def test_init_from_weights_starts_a_fresh_run(tmp_path, tiny_checkpoint):
+    examples = synthetic_examples(SYNTHETIC_EXPRESSIONS)
+    trainer = Trainer(tiny_train_config(1), data_dir=tmp_path, out_dir=tmp_path / "ft", init_from=tiny_checkpoint,
+                      train_examples=examples, val_examples=examples, show_progress=False)  # fmt: skip
+    assert trainer.step == 0
+    assert trainer.validate()["exprate"] == 100.0
