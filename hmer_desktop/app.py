@@ -1,38 +1,99 @@
-"""Entry point of the desktop app.
+"""`hmer-desktop` / `python main.py`: start the app.
 
-The drawing canvas, live recognition and explanation views arrive with the app
-issue; until then the window says so and `hmer-recognize` is the way to use
-the recognizer.
+`hmer-desktop --smoke-test INK.inkml --screenshot OUT.png` opens the window,
+loads the ink, waits for the recognition, selects the first token so its
+attention shows, saves a screenshot of the window and exits 0 (1 with a
+message on any failure).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hmer-desktop", description="Draw math, get LaTeX.")
-    parser.add_argument("--quit-after", type=float, default=0.0, help="close after N seconds (for checks)")
+    parser.add_argument("path", nargs="?", help="an .inkml file or an image to open")
+    parser.add_argument("--checkpoint", help="model checkpoint (default: settings, else the bundled model)")
+    parser.add_argument("--device", help="auto, cpu or cuda (default: settings)")
+    parser.add_argument("--smoke-test", metavar="INK", help="load INK, recognize, screenshot, exit")
+    parser.add_argument("--screenshot", metavar="PNG", help="with --smoke-test: where to save the screenshot")
+    parser.add_argument("--timeout", type=float, default=300.0, help="with --smoke-test: seconds to wait")
     args = parser.parse_args(argv)
 
     from PySide6.QtCore import QTimer
-    from PySide6.QtWidgets import QApplication, QLabel, QMainWindow
+    from PySide6.QtWidgets import QApplication
+
+    from hmer_desktop.main_window import MainWindow
+    from hmer_desktop.service import RecognitionService
+    from hmer_desktop.settings import SettingsStore
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    window = QMainWindow()
-    window.setWindowTitle("hmer")
-    label = QLabel(
-        "The drawing canvas is not built yet (see the app issue).\n"
-        "Meanwhile: hmer-recognize FILE.inkml prints the LaTeX of an InkML file."
-    )
-    label.setMargin(24)
-    window.setCentralWidget(label)
-    window.resize(640, 240)
+    app.setApplicationName("hmer")
+    store = SettingsStore()
+    settings = store.load()
+    checkpoint = args.checkpoint or settings.checkpoint or None
+    service = RecognitionService(Path(checkpoint) if checkpoint else None, args.device or settings.device)
+    window = MainWindow(service, store)
+    window.setAcceptDrops(True)
     window.show()
-    if args.quit_after:
-        QTimer.singleShot(int(args.quit_after * 1000), app.quit)
+    if args.smoke_test:
+        return _smoke_test(app, window, Path(args.smoke_test), args.screenshot, args.timeout)
+    if args.path:
+        window.open_path(Path(args.path))
+    service.preload().add_done_callback(
+        lambda f: f.exception() and window.bridge.done.emit(None, f.exception())
+    )  # a missing or broken model shows up at start, not at the first stroke
     return app.exec()
+
+
+def _smoke_test(app, window, ink: Path, screenshot: str | None, timeout: float) -> int:
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    outcome: dict[str, object] = {}
+    loop = QEventLoop()
+
+    def on_prediction(prediction) -> None:
+        if prediction is not None:
+            outcome["prediction"] = prediction
+            loop.quit()
+
+    def on_error(message: str) -> None:
+        outcome["error"] = message
+        loop.quit()
+
+    window.prediction_shown.connect(on_prediction)
+    window.error_shown.connect(on_error)
+    QTimer.singleShot(int(timeout * 1000), loop.quit)
+    window.settings.live = False  # one explicit request
+    try:
+        window.load_ink(ink)
+    except Exception as e:  # any failure is reported, never a traceback
+        print(f"hmer-desktop: cannot load {ink}: {e}", file=sys.stderr)
+        window.close()
+        return 1
+    window.recognize_now()
+    loop.exec()
+    code = 0
+    if "error" in outcome:
+        print(f"hmer-desktop: {outcome['error']}", file=sys.stderr)
+        code = 1
+    elif "prediction" not in outcome:
+        print(f"hmer-desktop: no recognition within {timeout:.0f} s", file=sys.stderr)
+        code = 1
+    else:
+        prediction = outcome["prediction"]
+        if prediction.tokens:
+            window.attention.select(0)
+        app.processEvents()
+        print(prediction.latex)
+        if screenshot and not window.grab().save(str(screenshot)):
+            print(f"hmer-desktop: could not write {screenshot}", file=sys.stderr)
+            code = 1
+    window.close()
+    return code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,72 @@
+"""What the app shows about a LaTeX string besides the string: the typeset image
+(matplotlib mathtext) and sympy's reading (parsed, simplified, evaluated, MathML). Qt-free."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib import mathtext  # noqa: E402
+
+
+class TypesetError(ValueError):
+    """mathtext cannot render this LaTeX; the message says why."""
+
+
+def for_mathtext(latex: str) -> str:
+    # mathtext has no \limits (it only moves the limits) and needs non-empty groups
+    return " ".join(t for t in latex.split() if t != "\\limits")
+
+
+def typeset_png(latex: str, dpi: int = 140, color: str = "black") -> bytes:
+    if not latex.strip():
+        raise TypesetError("nothing to typeset")
+    buf = io.BytesIO()
+    try:
+        mathtext.math_to_image(f"${for_mathtext(latex)}$", buf, dpi=dpi, format="png", color=color)
+    except Exception as e:  # mathtext raises ValueError with a caret diagram
+        first = str(e).strip().splitlines()
+        reason = first[-1].strip() if first else type(e).__name__
+        raise TypesetError(f"mathtext cannot typeset this ({reason or 'syntax error'})") from e
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class MathReading:
+    ok: bool
+    parsed: str = ""
+    simplified: str = ""
+    value: str = ""  # a number, where the expression evaluates to one
+    mathml: str = ""  # presentation MathML
+    error: str = ""
+
+
+def read_math(latex: str) -> MathReading:
+    """sympy's understanding of the expression; failures are described, never raised."""
+    try:
+        import sympy
+        from sympy.parsing.latex import parse_latex
+
+        expr = parse_latex(for_mathtext(latex))
+    except Exception as e:  # sympy raises many kinds for unparsable input
+        return MathReading(ok=False, error=f"sympy cannot read this as mathematics ({type(e).__name__})")
+    try:
+        mathml = sympy.mathml(expr, printer="presentation")
+        if isinstance(expr, sympy.Equality):
+            simplified = sympy.simplify(expr.lhs - expr.rhs)
+            holds = simplified == 0 if simplified.is_number else None
+            value = "" if holds is None else ("the equation holds" if holds else "the equation does not hold")
+            return MathReading(True, str(expr), f"{sympy.simplify(expr.lhs)} = {sympy.simplify(expr.rhs)}", value, mathml)
+        simplified = sympy.simplify(expr)
+        value = ""
+        if simplified.is_number:
+            try:
+                value = str(simplified) if simplified.is_Rational else str(sympy.N(simplified, 10))
+            except (TypeError, ValueError):
+                value = ""
+        return MathReading(True, str(expr), str(simplified), value, mathml)
+    except Exception as e:
+        return MathReading(ok=True, parsed=str(expr), error=f"sympy could not simplify it ({type(e).__name__})")

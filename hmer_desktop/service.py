@@ -1,0 +1,111 @@
+"""Recognition off the GUI thread. Qt-free: requests return concurrent futures.
+
+One worker thread owns the model. A newer request supersedes older ones that
+have not started, so typing ahead never queues stale work. The model module
+(and torch) is imported inside the worker, so importing this file is cheap.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from model.prediction import Prediction
+
+
+class Superseded(Exception):
+    """A newer request arrived before this one started."""
+
+
+class RecognizerLike(Protocol):
+    device: Any
+
+    def recognize(self, strokes: list[np.ndarray], beam_size: int = 10) -> Prediction: ...
+
+    def recognize_image(self, array: np.ndarray, beam_size: int = 10) -> Prediction: ...
+
+
+def load_recognizer(checkpoint: Path | None, device: str) -> RecognizerLike:
+    from model.recognizer import Recognizer
+
+    return Recognizer.load(checkpoint, device=device)
+
+
+@dataclass(frozen=True)
+class Result:
+    request_id: int
+    ink_version: int  # the document version the request read
+    prediction: Prediction
+    latency_ms: float
+    device: str
+
+
+class RecognitionService:
+    def __init__(
+        self,
+        checkpoint: Path | None = None,
+        device: str = "auto",
+        loader: Callable[[Path | None, str], RecognizerLike] = load_recognizer,
+    ) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hmer-recognition")
+        self._loader = loader
+        self._checkpoint = checkpoint
+        self._device = device
+        self._recognizer: RecognizerLike | None = None
+        self._lock = threading.Lock()
+        self._latest = 0
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self._checkpoint
+
+    def configure(self, checkpoint: Path | None, device: str) -> None:
+        """Use another model; it is loaded by the worker on the next request."""
+        with self._lock:
+            self._checkpoint, self._device = checkpoint, device
+            self._recognizer = None
+
+    def _model(self) -> RecognizerLike:
+        with self._lock:
+            if self._recognizer is None:
+                self._recognizer = self._loader(self._checkpoint, self._device)
+            return self._recognizer
+
+    def preload(self) -> Future:
+        """Load the model in the background (errors surface through the future)."""
+        return self._executor.submit(self._model)
+
+    def recognize(self, strokes: list[np.ndarray], ink_version: int, beam_size: int) -> Future:
+        strokes = [np.array(s, dtype=np.float64, copy=True) for s in strokes]
+        return self._submit(lambda rec: rec.recognize(strokes, beam_size=beam_size), ink_version)
+
+    def recognize_image(self, array: np.ndarray, ink_version: int, beam_size: int) -> Future:
+        array = np.array(array, copy=True)
+        return self._submit(lambda rec: rec.recognize_image(array, beam_size=beam_size), ink_version)
+
+    def _submit(self, work: Callable[[RecognizerLike], Prediction], ink_version: int) -> Future:
+        with self._lock:
+            self._latest += 1
+            request_id = self._latest
+
+        def run() -> Result:
+            if request_id != self._latest:
+                raise Superseded()
+            rec = self._model()
+            start = time.perf_counter()
+            prediction = work(rec)
+            return Result(request_id, ink_version, prediction, (time.perf_counter() - start) * 1000,
+                          str(getattr(rec.device, "type", rec.device)))  # fmt: skip
+
+        return self._executor.submit(run)
+
+    def shutdown(self) -> None:
+        """Stop the worker: queued requests are cancelled, a running one finishes."""
+        self._executor.shutdown(wait=True, cancel_futures=True)

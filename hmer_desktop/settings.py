@@ -1,0 +1,75 @@
+"""User settings, kept as JSON in the platform's config folder (platformdirs). Qt-free."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from platformdirs import user_config_dir, user_data_dir
+
+APP = "hmer"
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("HMER_CONFIG_DIR") or user_config_dir(APP))
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("HMER_DATA_DIR") or user_data_dir(APP))
+
+
+@dataclass
+class Settings:
+    beam_size: int = 10
+    live: bool = True  # recognize after each stroke
+    debounce_ms: int = 300  # wait this long after the last stroke
+    device: str = "auto"  # auto, cpu, cuda
+    checkpoint: str = ""  # empty = the bundled model
+
+    def validated(self) -> "Settings":
+        return Settings(
+            beam_size=min(max(int(self.beam_size), 1), 32),
+            live=bool(self.live),
+            debounce_ms=min(max(int(self.debounce_ms), 0), 5000),
+            device=self.device if self.device in ("auto", "cpu", "cuda") else "auto",
+            checkpoint=str(self.checkpoint or ""),
+        )
+
+
+class SettingsStore:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or config_dir() / "settings.json"
+        self.problem: str | None = None  # why the file could not be used, shown to the user
+
+    def load(self) -> Settings:
+        if not self.path.exists():
+            return Settings()
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            known = {f.name for f in fields(Settings)}
+            return Settings(**{k: v for k, v in raw.items() if k in known}).validated()
+        except (OSError, ValueError, TypeError) as e:
+            self.problem = f"settings file {self.path} could not be read ({e}); defaults are in use"
+            return Settings()
+
+    def save(self, settings: Settings) -> None:
+        """Atomic: a crash leaves the previous file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".settings.", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(asdict(settings.validated()), f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def reset(self) -> Settings:
+        self.save(Settings())
+        self.problem = None
+        return Settings()

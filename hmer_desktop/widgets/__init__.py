@@ -1,0 +1,1 @@
+"""Qt widgets: they render plain data (numpy, dataclasses) and never import torch."""

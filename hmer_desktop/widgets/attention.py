@@ -1,0 +1,136 @@
+"""Why the model read what it read: the predicted tokens as a strip colored by
+confidence; selecting one shows where the decoder looked (on the model's input
+here, and on the ink in the canvas); play steps through the tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtGui import QColor, QPainter, QPixmap
+from PySide6.QtWidgets import (QButtonGroup, QHBoxLayout, QLabel, QPushButton, QScrollArea, QToolButton,
+                               QVBoxLayout, QWidget)  # fmt: skip
+
+from hmer_desktop.widgets.heat import gray_qimage, heat_rgba, to_qimage, upsample_attention
+from model.prediction import Prediction
+
+
+def confidence_color(p: float) -> QColor:
+    """Red (unsure) through amber to green (sure)."""
+    p = float(np.clip(p, 0.0, 1.0))
+    return QColor.fromHsvF(0.33 * p, 0.55, 0.95)
+
+
+class AttentionPanel(QWidget):
+    token_selected = Signal(int)  # -1 = none
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.prediction: Prediction | None = None
+        self.selected = -1
+        self._buttons: list[QToolButton] = []
+        self._group = QButtonGroup(self)
+        self._group.setExclusive(True)
+        self._group.idClicked.connect(self.select)
+
+        self._strip = QWidget()
+        self._strip_layout = QHBoxLayout(self._strip)
+        self._strip_layout.setContentsMargins(0, 0, 0, 0)
+        self._strip_layout.setSpacing(2)
+        self._strip_layout.addStretch(1)
+        strip_scroll = QScrollArea()
+        strip_scroll.setWidget(self._strip)
+        strip_scroll.setWidgetResizable(True)
+        strip_scroll.setFixedHeight(48)
+
+        self.play_button = QPushButton("▶ Play")
+        self.play_button.setCheckable(True)
+        self.play_button.setToolTip("Step through the tokens, showing where the model looked for each")
+        self.play_button.toggled.connect(self._toggle_play)
+        self._timer = QTimer(self)
+        self._timer.setInterval(700)
+        self._timer.timeout.connect(self._advance)
+
+        self.input_view = QLabel("The model's input and its attention appear here.")
+        self.input_view.setMinimumHeight(120)
+        self.caption = QLabel("")
+
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Tokens:"))
+        top.addWidget(strip_scroll, 1)
+        top.addWidget(self.play_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(self.input_view, 1)
+        layout.addWidget(self.caption)
+
+    def show_prediction(self, prediction: Prediction | None) -> None:
+        self.play_button.setChecked(False)
+        for b in self._buttons:
+            self._group.removeButton(b)
+            b.deleteLater()
+        self._buttons = []
+        self.prediction = prediction
+        self.selected = -1
+        if prediction is None:
+            self.input_view.setText("The model's input and its attention appear here.")
+            self.caption.setText("")
+            return
+        for i, (tok, p) in enumerate(zip(prediction.tokens, prediction.token_probs)):
+            b = QToolButton()
+            b.setText(tok)
+            b.setCheckable(True)
+            b.setToolTip(f"{tok}: p = {p:.3f}")
+            c = confidence_color(p)
+            b.setStyleSheet(f"QToolButton {{ background: {c.name()}; padding: 3px 6px; }}"
+                            "QToolButton:checked { border: 2px solid #1a4fd6; }")  # fmt: skip
+            b.setMinimumWidth(b.sizeHint().width() + 8)
+            self._group.addButton(b, i)
+            self._strip_layout.insertWidget(i, b)
+            self._buttons.append(b)
+        self._render(-1)
+
+    def select(self, index: int) -> None:
+        if self.prediction is None or not (-1 <= index < len(self.prediction.tokens)):
+            return
+        self.selected = index
+        if index >= 0:
+            self._buttons[index].setChecked(True)
+        self._render(index)
+        self.token_selected.emit(index)
+
+    def heat_for(self, index: int) -> np.ndarray | None:
+        """Attention of token `index` at the model input's resolution."""
+        if self.prediction is None or index < 0:
+            return None
+        p = self.prediction
+        return upsample_attention(p.attention[index], p.downsample, p.image.shape)
+
+    def _render(self, index: int) -> None:
+        p = self.prediction
+        base = QPixmap.fromImage(gray_qimage(p.image))
+        heat = self.heat_for(index)
+        if heat is not None:
+            painter = QPainter(base)
+            painter.drawImage(0, 0, to_qimage(heat_rgba(heat)))
+            painter.end()
+            self.caption.setText(f"token {index + 1}/{len(p.tokens)}: {p.tokens[index]}  "
+                                 f"(p = {p.token_probs[index]:.3f}) — bright = where the model looked")  # fmt: skip
+        else:
+            self.caption.setText("Select a token (or press Play) to see where the model looked.")
+        scale = max(1.0, min(3.0, 160 / max(1, base.height())))
+        self.input_view.setPixmap(base.scaled(int(base.width() * scale), int(base.height() * scale)))
+
+    def _toggle_play(self, on: bool) -> None:
+        if on and self.prediction is not None and self.prediction.tokens:
+            self.play_button.setText("■ Stop")
+            self._timer.start()
+            self._advance()
+        else:
+            self.play_button.setText("▶ Play")
+            self._timer.stop()
+
+    def _advance(self) -> None:
+        if self.prediction is None or not self.prediction.tokens:
+            self.play_button.setChecked(False)
+            return
+        self.select((self.selected + 1) % len(self.prediction.tokens))

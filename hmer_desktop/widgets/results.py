@@ -1,0 +1,129 @@
+"""The recognized expression: typeset, as editable LaTeX, as alternatives, and as
+sympy reads it; with copy buttons for LaTeX, $...$, MathML and the image."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QGuiApplication, QImage, QPixmap
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
+                               QVBoxLayout, QWidget)  # fmt: skip
+
+from hmer_desktop.mathinfo import MathReading, TypesetError, read_math, typeset_png
+from model.prediction import Prediction
+
+
+class ResultsPanel(QWidget):
+    alternative_chosen = Signal(int)
+    latex_edited = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.typeset = QLabel("Draw an expression on the canvas.")
+        self.typeset.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.typeset.setMinimumHeight(90)
+        self.typeset.setStyleSheet("background: white; border: 1px solid #ddd;")
+        self.typeset_note = QLabel("")
+        self.typeset_note.setStyleSheet("color: #8a4b00;")
+        self.typeset_note.setWordWrap(True)
+        self.latex = QLineEdit()
+        self.latex.setPlaceholderText("LaTeX (editable)")
+        self.latex.editingFinished.connect(self._edited)
+        self.copy_latex = QPushButton("Copy LaTeX")
+        self.copy_dollar = QPushButton("Copy $…$")
+        self.copy_mathml = QPushButton("Copy MathML")
+        self.copy_image = QPushButton("Copy image")
+        self.copy_latex.clicked.connect(lambda: self._copy_text(self.latex.text()))
+        self.copy_dollar.clicked.connect(lambda: self._copy_text(f"${self.latex.text()}$"))
+        self.copy_mathml.clicked.connect(self._copy_mathml)
+        self.copy_image.clicked.connect(self._copy_image)
+        self.alternatives = QListWidget()
+        self.alternatives.setToolTip("The n best readings; click one to use it")
+        self.alternatives.itemClicked.connect(lambda item: self.alternative_chosen.emit(self.alternatives.row(item)))
+        self.math = QLabel("")
+        self.math.setWordWrap(True)
+        self.math.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        buttons = QHBoxLayout()
+        for b in (self.copy_latex, self.copy_dollar, self.copy_mathml, self.copy_image):
+            buttons.addWidget(b)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.typeset, 2)
+        layout.addWidget(self.typeset_note)
+        layout.addWidget(self.latex)
+        layout.addLayout(buttons)
+        layout.addWidget(QLabel("Alternatives:"))
+        layout.addWidget(self.alternatives, 1)
+        layout.addWidget(QLabel("Math (sympy):"))
+        layout.addWidget(self.math)
+        self._png: bytes | None = None
+        self._reading: MathReading | None = None
+        self.set_latex("")
+
+    # --- content ----------------------------------------------------------------------
+
+    def show_prediction(self, prediction: Prediction | None) -> None:
+        self.alternatives.clear()
+        if prediction is None:
+            self.set_latex("")
+            return
+        for alt in prediction.alternatives:
+            QListWidgetItem(f"{alt.latex}    ({alt.probability:.0%})", self.alternatives)
+        if self.alternatives.count():
+            self.alternatives.setCurrentRow(0)
+        self.set_latex(prediction.latex)
+
+    def set_latex(self, latex: str) -> None:
+        self.latex.setText(latex)
+        self._render(latex)
+
+    def _edited(self) -> None:
+        self._render(self.latex.text())
+        self.latex_edited.emit(self.latex.text())
+
+    def _render(self, latex: str) -> None:
+        enabled = bool(latex.strip())
+        for b in (self.copy_latex, self.copy_dollar):
+            b.setEnabled(enabled)
+        self._png = None
+        self.typeset_note.setText("")
+        if not enabled:
+            self.typeset.setPixmap(QPixmap())
+            self.typeset.setText("Draw an expression on the canvas.")
+            self.math.setText("")
+            self.copy_mathml.setEnabled(False)
+            self.copy_image.setEnabled(False)
+            return
+        try:
+            self._png = typeset_png(latex, dpi=160)
+            pixmap = QPixmap()
+            pixmap.loadFromData(self._png, "PNG")
+            self.typeset.setPixmap(pixmap)
+        except TypesetError as e:
+            self.typeset.setPixmap(QPixmap())
+            self.typeset.setText(latex)
+            self.typeset_note.setText(f"Shown as raw text: {e}")
+        self.copy_image.setEnabled(self._png is not None)
+        self._reading = read_math(latex)
+        r = self._reading
+        if r.ok and not r.error:
+            lines = [f"parsed: {r.parsed}", f"simplified: {r.simplified}"]
+            if r.value:
+                lines.append(f"value: {r.value}")
+            self.math.setText("\n".join(lines))
+        else:
+            self.math.setText(r.error or "sympy cannot read this")
+        self.copy_mathml.setEnabled(bool(r.mathml))
+        self.copy_mathml.setToolTip("" if r.mathml else "sympy cannot read this expression, so there is no MathML")
+
+    # --- clipboard --------------------------------------------------------------------
+
+    def _copy_text(self, text: str) -> None:
+        QGuiApplication.clipboard().setText(text)
+
+    def _copy_mathml(self) -> None:
+        if self._reading and self._reading.mathml:
+            self._copy_text(f'<math xmlns="http://www.w3.org/1998/Math/MathML">{self._reading.mathml}</math>')
+
+    def _copy_image(self) -> None:
+        if self._png:
+            QGuiApplication.clipboard().setImage(QImage.fromData(self._png, "PNG"))

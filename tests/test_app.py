@@ -1,0 +1,214 @@
+"""The desktop app driven like a user would, offscreen, with a tiny real model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+from PySide6.QtCore import QPointF, Qt  # noqa: E402
+from PySide6.QtGui import QGuiApplication, QMouseEvent  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from hmer_desktop.main_window import MainWindow  # noqa: E402
+from hmer_desktop.service import RecognitionService  # noqa: E402
+from hmer_desktop.settings import Settings, SettingsStore  # noqa: E402
+from model.inkml import write_inkml  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
+from tests.synthetic_ink import ink_for  # noqa: E402
+
+
+def _no_worker_threads() -> bool:
+    return not any(t.name.startswith("hmer-recognition") for t in threading.enumerate())
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path, tiny_checkpoint):
+    windows = []
+
+    def make(loader=None, live=True) -> MainWindow:
+        store = SettingsStore(tmp_path / f"settings{len(windows)}.json")
+        store.save(Settings(beam_size=3, live=live, debounce_ms=0, device="cpu"))
+        kwargs = {"loader": loader} if loader else {}
+        service = RecognitionService(tiny_checkpoint, "cpu", **kwargs)
+        window = MainWindow(service, store)
+        qtbot.addWidget(window)
+        window.show()
+        windows.append(window)
+        return window
+
+    yield make
+    for w in windows:
+        w.close()
+    assert _no_worker_threads(), "a recognition thread outlived its window"
+
+
+def _draw(canvas, stroke: np.ndarray) -> None:
+    def send(kind, p, buttons):
+        event = QMouseEvent(kind, QPointF(*p), QPointF(*p), Qt.MouseButton.LeftButton, buttons, Qt.KeyboardModifier.NoModifier)
+        QApplication.sendEvent(canvas, event)
+
+    send(QMouseEvent.Type.MouseButtonPress, stroke[0], Qt.MouseButton.LeftButton)
+    for p in stroke[1:]:
+        send(QMouseEvent.Type.MouseMove, p, Qt.MouseButton.LeftButton)
+    send(QMouseEvent.Type.MouseButtonRelease, stroke[-1], Qt.MouseButton.NoButton)
+
+
+def _draw_expression(window, latex: str) -> None:
+    for stroke in ink_for(latex, size=80.0):
+        _draw(window.canvas, stroke + (60.0, 80.0))
+
+
+def test_drawing_strokes_produces_a_result_through_the_worker(qtbot, make_window):
+    window = make_window()
+    with qtbot.waitSignal(window.prediction_shown, timeout=30_000, check_params_cb=lambda p: p is not None):
+        _draw_expression(window, "x ^ { 2 } = y")
+    assert len(window.document.strokes) == len(ink_for("x ^ { 2 } = y"))
+    assert window.results.latex.text() == "x ^ { 2 } = y"
+    assert window.results.alternatives.count() >= 1
+    assert [b.text() for b in window.attention._buttons] == "x ^ { 2 } = y".split()
+    assert window.structure.badge.text()
+    assert window.status_device.text() == "CPU" and window.status_latency.text().endswith("ms")
+
+
+def test_undo_and_redo_restore_the_ink(qtbot, make_window):
+    window = make_window(live=False)
+    strokes = ink_for("1 + 2", size=80.0)
+    for s in strokes:
+        _draw(window.canvas, s + 50)
+    before = [s.copy() for s in window.document.strokes]
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=5000)
+    qtbot.keyClick(window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert len(window.document.strokes) == len(strokes) - 1
+    qtbot.keyClick(window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    after = window.document.strokes
+    assert len(after) == len(before) and all(np.array_equal(a, b) for a, b in zip(after, before))
+    window.act_clear.trigger()
+    assert window.document.is_empty()
+    window.act_undo.trigger()
+    assert len(window.document.strokes) == len(strokes)
+
+
+def test_a_result_for_stale_ink_is_never_shown(qtbot, make_window, tiny_checkpoint):
+    gate = threading.Event()
+
+    def slow_loader(path, device):
+        from model.recognizer import Recognizer
+
+        real = Recognizer.load(path, device="cpu")
+
+        class Slow:
+            device = real.device
+
+            def recognize(self, strokes, beam_size=10):
+                gate.wait(10)
+                return real.recognize(strokes, beam_size)
+
+        return Slow()
+
+    window = make_window(loader=slow_loader, live=False)
+    _draw_expression(window, "1 + 2")
+    window.recognize_now()  # reads this ink ...
+    _draw(window.canvas, np.array([[500.0, 300.0], [540.0, 300.0]]))  # ... which changes before the answer
+    gate.set()
+    qtbot.waitUntil(lambda: window.pending == 0, timeout=20_000)
+    assert window.prediction is None and window.results.latex.text() == ""
+    with qtbot.waitSignal(window.prediction_shown, timeout=20_000):
+        window.recognize_now()
+    assert window.prediction is not None
+
+
+def test_selecting_a_token_changes_the_heatmap_overlay(qtbot, make_window):
+    window = make_window()
+    with qtbot.waitSignal(window.prediction_shown, timeout=30_000, check_params_cb=lambda p: p is not None):
+        _draw_expression(window, "\\frac { a } { b } - 3")
+    assert not window.canvas.has_overlay()
+    window.attention._buttons[0].click()
+    assert window.canvas.has_overlay()
+    first = window.canvas._overlay.copy()
+    window.attention._buttons[2].click()
+    assert window.canvas._overlay != first
+    assert window.attention.selected == 2 and "token 3/" in window.attention.caption.text()
+
+
+def test_copy_buttons_put_the_right_text_on_the_clipboard(qtbot, make_window):
+    window = make_window()
+    with qtbot.waitSignal(window.prediction_shown, timeout=30_000, check_params_cb=lambda p: p is not None):
+        _draw_expression(window, "1 + 2")
+    clipboard = QGuiApplication.clipboard()
+    window.results.copy_latex.click()
+    assert clipboard.text() == "1 + 2"
+    window.results.copy_dollar.click()
+    assert clipboard.text() == "$1 + 2$"
+    window.results.copy_mathml.click()
+    assert clipboard.text().startswith("<math") and "<mn>1</mn>" in clipboard.text()
+    window.results.copy_image.click()
+    assert not clipboard.image().isNull()
+    assert window.results.math.text().endswith("value: 3")
+
+
+def test_a_failing_recognizer_shows_an_error_and_the_app_survives(qtbot, make_window):
+    class Broken:
+        device = "cpu"
+
+        def recognize(self, strokes, beam_size=10):
+            raise RuntimeError("CPU out of memory")
+
+    window = make_window(loader=lambda path, device: Broken())
+    with qtbot.waitSignal(window.error_shown, timeout=20_000):
+        _draw_expression(window, "1 + 2")
+    assert "out of memory" in window.error_banner.text() and window.error_banner.isVisibleTo(window)
+    window.act_undo.trigger()  # still responsive
+    assert len(window.document.strokes) == len(ink_for("1 + 2")) - 1
+
+
+def test_a_bad_checkpoint_is_reported_in_the_window(qtbot, make_window, tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    from hmer_desktop.service import load_recognizer
+
+    window = make_window(loader=lambda path, device: load_recognizer(tmp_path / "bad.pt", device))
+    with qtbot.waitSignal(window.error_shown, timeout=20_000):
+        _draw_expression(window, "1 + 2")
+    assert "checkpoint" in window.error_banner.text()
+
+
+def test_choosing_an_alternative_makes_it_the_result(qtbot, make_window):
+    window = make_window()
+    with qtbot.waitSignal(window.prediction_shown, timeout=30_000, check_params_cb=lambda p: p is not None):
+        _draw_expression(window, "y - x = 1")
+    alts = window.prediction.alternatives
+    if len(alts) < 2:
+        pytest.skip("the model returned a single hypothesis")
+    window.results.alternative_chosen.emit(1)
+    assert window.results.latex.text() == alts[1].latex
+
+
+def _smoke(*args: str, env_dir: Path) -> subprocess.CompletedProcess:
+    env = {**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen", "HMER_CONFIG_DIR": str(env_dir)}
+    return subprocess.run([sys.executable, "-m", "hmer_desktop.app", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=180)  # fmt: skip
+
+
+def test_smoke_test_writes_a_screenshot(tmp_path, tiny_checkpoint):
+    ink = tmp_path / "e.inkml"
+    write_inkml(ink, ink_for("( a + b ) ^ { 2 }"), None)
+    shot = tmp_path / "shot.png"
+    done = _smoke("--smoke-test", str(ink), "--screenshot", str(shot), "--checkpoint", str(tiny_checkpoint),
+                  env_dir=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "( a + b ) ^ { 2 }"
+    assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 10_000
+
+
+def test_smoke_test_fails_clearly_on_a_bad_checkpoint(tmp_path):
+    ink = tmp_path / "e.inkml"
+    write_inkml(ink, ink_for("1 + 2"), None)
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    done = _smoke("--smoke-test", str(ink), "--checkpoint", str(tmp_path / "bad.pt"), "--timeout", "60", env_dir=tmp_path)
+    assert done.returncode == 1 and "checkpoint" in done.stderr and "Traceback" not in done.stderr
