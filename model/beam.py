@@ -11,6 +11,7 @@ whole prefix.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,10 +68,13 @@ def _search(
     max_len: int,
     alpha: float,
     early_stopping: bool,
+    decoder: Any = None,
 ) -> list[_BeamGroup]:
     """Beam search of both directions for all images: groups 0..B-1 are l2r,
-    groups B..2B-1 r2l; sequence i of the batch belongs to group i // width."""
-    decoder = model.decoder
+    groups B..2B-1 r2l; sequence i of the batch belongs to group i // width.
+    `decoder` (default: the model's) provides start()/step(); benchmarks pass
+    a full-prefix re-decoder here to compare against."""
+    decoder = decoder if decoder is not None else model.decoder
     b = memory.shape[0]
     groups = [_BeamGroup(beam_size, alpha, early_stopping) for _ in range(2 * b)]
     n_groups = len(groups)
@@ -175,9 +179,10 @@ def beam_search_memory(
     max_len: int = 200,
     alpha: float = 1.0,
     early_stopping: bool = False,
+    decoder: Any = None,
 ) -> list[list[Hypothesis]]:
     b = memory.shape[0]
-    groups = _search(model, memory, mem_mask, vocab, beam_size, max_len, alpha, early_stopping)
+    groups = _search(model, memory, mem_mask, vocab, beam_size, max_len, alpha, early_stopping, decoder)
     # every hypothesis, in left-to-right order, with its image and direction
     items: list[tuple[int, str, list[int], float]] = []
     for g, group in enumerate(groups):

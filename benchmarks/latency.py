@@ -1,0 +1,123 @@
+"""End-to-end recognition latency (strokes -> Prediction, batch of one) on real
+expressions, against the reference's straightforward beam search (the whole
+prefix re-decoded at every step, no cache) on the same weights and inputs.
+
+    python benchmarks/latency.py --data ../shared/datasets/crohme --split 2014 --limit 100 --json out.json
+    python benchmarks/latency.py --data ... --split 2014 --preset paper --max-len 60   # random paper weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.beam import beam_search_memory  # noqa: E402
+from model.config import HMERConfig  # noqa: E402
+from model.hmer import HMER  # noqa: E402
+from model.paths import BUNDLED_CHECKPOINT, asset_path  # noqa: E402
+from model.rasterize import rasterize  # noqa: E402
+from model.recognizer import Recognizer  # noqa: E402
+from model.vocab import Vocabulary  # noqa: E402
+from train.data import load_split  # noqa: E402
+
+
+@dataclass
+class _PrefixState:
+    memory: torch.Tensor
+    memory_mask: torch.Tensor
+    image_index: torch.Tensor
+    prefix: torch.Tensor  # [n, t] every token fed so far
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.image_index = self.image_index[index]
+        self.prefix = self.prefix[index]
+
+
+class FullPrefixDecoder:
+    """The reference's decoding: each step runs the decoder over the whole prefix."""
+
+    def __init__(self, model: HMER) -> None:
+        self.model = model
+
+    def start(self, memory, memory_mask, image_index) -> _PrefixState:
+        return _PrefixState(memory, memory_mask, image_index, torch.zeros(len(image_index), 0, dtype=torch.long))
+
+    def step(self, state: _PrefixState, tokens: torch.Tensor):
+        state.prefix = torch.cat((state.prefix, tokens[:, None]), dim=1)
+        idx = state.image_index
+        main, aux, _ = self.model.decoder(state.memory[idx], state.memory_mask[idx], state.prefix)
+        return main[:, -1], aux[:, -1], None
+
+
+def baseline_recognize(rec: Recognizer, strokes, beam: int, max_len: int) -> list[int]:
+    image = rasterize(strokes, rec.config.raster).image
+    with torch.inference_mode():
+        imgs = torch.from_numpy(image)[None, None]
+        memory, mask = rec.model.encode(imgs, torch.zeros(1, *image.shape, dtype=torch.bool))
+        hyps = beam_search_memory(rec.model, memory, mask, rec.vocab, beam, max_len, decoder=FullPrefixDecoder(rec.model))
+    return list(hyps[0][0].ids)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--split", default="2014")
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--checkpoint", type=Path, help=f"default: assets/{BUNDLED_CHECKPOINT}")
+    parser.add_argument("--preset", help="time a preset with random weights instead of a checkpoint")
+    parser.add_argument("--beam", type=int, default=10)
+    parser.add_argument("--max-len", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.preset:
+        torch.manual_seed(0)
+        rec = Recognizer(HMER(HMERConfig.preset(args.preset)), Vocabulary.default(), torch.device("cpu"))
+        name = f"random {args.preset}"
+    else:
+        rec = Recognizer.load(args.checkpoint, device="cpu")
+        name = str(rec.path)
+    rec.max_len = args.max_len
+    examples, _ = load_split(args.data, args.split, rec.vocab, limit=args.limit)
+    rec.recognize(examples[0].strokes, args.beam)  # warm-up
+    ours, base, same = [], [], 0
+    for i, ex in enumerate(examples):
+        t = time.perf_counter()
+        pred = rec.recognize(ex.strokes, args.beam)
+        ours.append((time.perf_counter() - t) * 1000)
+        if not args.no_baseline:
+            t = time.perf_counter()
+            ids = baseline_recognize(rec, ex.strokes, args.beam, args.max_len)
+            base.append((time.perf_counter() - t) * 1000)
+            same += rec.vocab.decode(ids) == pred.tokens
+        print(f"\r{i + 1}/{len(examples)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    report = {
+        "checkpoint": name, "split": args.split, "n": len(examples), "beam": args.beam, "threads": torch.get_num_threads(),
+        "p50_ms": float(np.percentile(ours, 50)), "p95_ms": float(np.percentile(ours, 95)),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }  # fmt: skip
+    if base:
+        report |= {"baseline_p50_ms": float(np.percentile(base, 50)), "baseline_p95_ms": float(np.percentile(base, 95)),
+                   "speedup": float(np.percentile(base, 50) / np.percentile(ours, 50)), "identical": same / len(examples)}  # fmt: skip
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
