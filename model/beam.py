@@ -71,7 +71,8 @@ def _search(
     decoder: Any = None,
 ) -> list[_BeamGroup]:
     """Beam search of both directions for all images: groups 0..B-1 are l2r,
-    groups B..2B-1 r2l; sequence i of the batch belongs to group i // width.
+    groups B..2B-1 r2l. The batch holds beam_size rows per unfinished group;
+    a group leaves it as soon as it is done (the reference kept decoding it).
     `decoder` (default: the model's) provides start()/step(); benchmarks pass
     a full-prefix re-decoder here to compare against."""
     decoder = decoder if decoder is not None else model.decoder
@@ -86,50 +87,58 @@ def _search(
     last = torch.tensor(starts, device=device)
     beam_scores = torch.zeros(n_groups, device=device)
     stop_ids = {vocab.pad_id, vocab.sos_id, vocab.eos_id}
+    active = list(range(n_groups))  # groups still searching, in batch order
     cur_len = 1
-    while cur_len < max_len and not all(g.done for g in groups):
+    while cur_len < max_len and active:
         logits, _, _ = decoder.step(state, last)
         scores = F.log_softmax(logits.float(), dim=-1) + beam_scores[:, None]  # [n, V]
         v = scores.shape[-1]
-        width = scores.shape[0] // n_groups
-        top_scores, top = scores.view(n_groups, width * v).topk(2 * beam_size, dim=1)  # [G, 2k]
+        width = scores.shape[0] // len(active)
+        top_scores, top = scores.view(len(active), width * v).topk(2 * beam_size, dim=1)  # [G, 2k]
         top_beam, top_tok = (top // v).tolist(), (top % v).tolist()
         top_scores_list = top_scores.tolist()
         if cur_len == 1:  # every group now holds beam_size sequences
-            state.reorder(torch.arange(n_groups, device=device).repeat_interleave(beam_size))
+            state.reorder(torch.arange(len(active), device=device).repeat_interleave(beam_size))
             prefixes = [p for p in prefixes for _ in range(beam_size)]
-        new_scores = [0.0] * (n_groups * beam_size)
-        new_tokens = [vocab.pad_id] * (n_groups * beam_size)
-        new_index = [0] * (n_groups * beam_size)
-        for g, group in enumerate(groups):
-            base = g * beam_size
-            if group.done:
-                for j in range(beam_size):
-                    new_index[base + j] = base
-                continue
-            j = 0
-            for rank, (tok, score, src) in enumerate(zip(top_tok[g], top_scores_list[g], top_beam[g])):
-                seq = base + src
+        new_scores: list[float] = []
+        new_tokens: list[int] = []
+        new_index: list[int] = []
+        still_active = []
+        for j, g in enumerate(active):
+            group = groups[g]
+            base = j * beam_size  # this group's rows in the current batch
+            scores_g = [0.0] * beam_size
+            tokens_g = [vocab.pad_id] * beam_size
+            index_g = [base] * beam_size
+            filled = 0
+            for rank, (tok, score, src) in enumerate(zip(top_tok[j], top_scores_list[j], top_beam[j])):
+                row = base + src
                 if tok in stop_ids:
                     if rank < beam_size:
-                        group.add(list(prefixes[seq]), score)
+                        group.add(list(prefixes[row]), score)
                 else:
-                    new_scores[base + j], new_tokens[base + j], new_index[base + j] = score, tok, seq
-                    j += 1
-                if j == beam_size:
+                    scores_g[filled], tokens_g[filled], index_g[filled] = score, tok, row
+                    filled += 1
+                if filled == beam_size:
                     break
-            group.done = group.done or group.is_done(max(top_scores_list[g]), cur_len)
-        index = torch.tensor(new_index, device=device)
-        state.reorder(index)
+            group.done = group.is_done(max(top_scores_list[j]), cur_len)
+            if not group.done:  # a finished group leaves the batch: no more work for it
+                still_active.append(g)
+                new_scores += scores_g
+                new_tokens += tokens_g
+                new_index += index_g
+        active = still_active
+        if not active:
+            break
+        state.reorder(torch.tensor(new_index, device=device))
         prefixes = [prefixes[i] + [t] for i, t in zip(new_index, new_tokens)]
         beam_scores = torch.tensor(new_scores, device=device)
         last = torch.tensor(new_tokens, device=device)
         cur_len += 1
     final = beam_scores.tolist()
-    for g, group in enumerate(groups):
-        if not group.done:
-            for j in range(beam_size):
-                group.add(list(prefixes[g * beam_size + j]), final[g * beam_size + j])
+    for j, g in enumerate(active):  # max_len reached: the open beams count as they are
+        for r in range(beam_size):
+            groups[g].add(list(prefixes[j * beam_size + r]), final[j * beam_size + r])
     return groups
 
 

@@ -129,6 +129,22 @@ class DecoderState:
         self.cov_raw = [c[index] for c in self.cov_raw]
 
 
+def _cross_logits(q: Tensor, k: Tensor, image_index: Tensor) -> Tensor:
+    """q [n, H, 1, dh] against per-image keys k [B, H, L, dh] -> [n, H, 1, L]."""
+    if k.shape[0] == 1:  # one image (the app): all sequences share its keys, no copies
+        return (q[:, :, 0].transpose(0, 1) @ k[0].transpose(-1, -2)).transpose(0, 1)[:, :, None]
+    return q @ k[image_index].transpose(-1, -2)
+
+
+def _cross_values(attn: Tensor, v: Tensor, image_index: Tensor) -> Tensor:
+    """attn [n, H, 1, L] over per-image values v [B, H, L, dh] -> merged heads [n, 1, d]."""
+    if v.shape[0] == 1:
+        out = (attn[:, :, 0].transpose(0, 1) @ v[0]).transpose(0, 1)  # [n, H, dh]
+    else:
+        out = (attn @ v[image_index])[:, :, 0]
+    return out.reshape(out.shape[0], 1, -1)
+
+
 class Decoder(nn.Module):
     def __init__(self, config: HMERConfig) -> None:
         super().__init__()
@@ -235,8 +251,7 @@ class Decoder(nn.Module):
             mha = layer.multihead_attn
             q = mha.project_q(x)  # [n, H, 1, dh]
             ck, cv = state.cross_kv[i]
-            ck, cv = ck[idx], cv[idx]  # [n, H, L, dh]
-            logits = q @ ck.transpose(-1, -2)  # [n, H, 1, L]
+            logits = _cross_logits(q, ck, idx)  # [n, H, 1, L]
             raw = mha.probs(logits, cross_mask)
             attn = raw
             if i > 0 and self.arm is not None:
@@ -246,7 +261,7 @@ class Decoder(nn.Module):
                 attn = mha.probs(logits, cross_mask)
             raws.append(raw[:, :, 0])
             finals.append(attn[:, :, 0])
-            x = layer.norm2(x + layer.dropout(mha.merge(attn, cv)))
+            x = layer.norm2(x + layer.dropout(mha.out_proj(_cross_values(attn, cv, idx))))
             x = layer.feed_forward(x)
         state.cov_final = [c + a for c, a in zip(state.cov_final, finals)]
         state.cov_raw = [c + a for c, a in zip(state.cov_raw, raws)]
