@@ -271,7 +271,8 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            decay = self.cfg.loop.ema_decay
+            # warm-up: early on the average must not stay anchored to the random init
+            decay = min(self.cfg.loop.ema_decay, (1 + self.step) / (10 + self.step))
             with torch.no_grad():
                 for k, v in self.model.state_dict().items():
                     if v.is_floating_point():
