@@ -1,4 +1,4 @@
-"""`hmer-train`: train from a TOML config (`hmer-train finetune` is added by the fine-tuning issue)."""
+"""`hmer-train`: train from a TOML config; `hmer-train finetune`: adapt a model to your samples."""
 
 from __future__ import annotations
 
@@ -11,8 +11,53 @@ from dataclasses import replace
 from train.config import TrainConfig
 
 
+def finetune_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="hmer-train finetune", description="Fine-tune on your collected samples.")
+    parser.add_argument("--samples", required=True, help="the app's sample database (samples.db)")
+    parser.add_argument("--base", required=True, help="checkpoint to start from")
+    parser.add_argument("--out", required=True, help="where to write the new checkpoint")
+    parser.add_argument("--data", help="CROHME-layout folder: replay its training data, report on a 2014 subset")
+    parser.add_argument("--steps", type=int, default=200, help="at most this many steps")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--json", dest="json_out", help="write the report here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")
+
+    from pathlib import Path
+
+    from model.checkpoint import CheckpointError
+    from train.data import Example, load_split
+    from train.finetune import FinetuneConfig, finetune
+    from train.samples import SampleError, SampleStore
+
+    try:
+        store = SampleStore(args.samples)
+        samples = [Example(f"sample{s.id}", s.strokes, s.tokens, source=f"sample {s.id}") for s in store.samples()]
+        replay = base_eval = None
+        if args.data:
+            replay, _ = load_split(args.data, "train", store.vocab)
+            base_eval, _ = load_split(args.data, "2014", store.vocab, limit=100)
+        report = finetune(args.base, samples, args.out, FinetuneConfig(max_steps=args.steps, lr=args.lr),
+                          replay=replay, base_eval=base_eval)  # fmt: skip
+        if report.output:
+            store.add_model(report.output, store.active_model(), report.to_dict(), note=f"from {args.base}")
+    except (CheckpointError, SampleError, ValueError, FileNotFoundError) as e:
+        print(f"hmer-train finetune: {e}", file=sys.stderr)
+        return 2
+    for note in report.notes:
+        print(f"note: {note}")
+    print(json.dumps(report.to_dict(), indent=2))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hmer-train", description="Train HMER-MTL on a CROHME-layout folder.")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["finetune"]:
+        return finetune_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="hmer-train", description="Train HMER-MTL on a CROHME-layout folder "
+                                     "(or `hmer-train finetune ...` on your own samples).")  # fmt: skip
     parser.add_argument("--config", required=True, help="a TOML file, or a name in train/configs/ (e.g. paper)")
     parser.add_argument("--data", required=True, help="folder with train/, 2014/, ... and captions/")
     parser.add_argument("--out", required=True, help="run folder: checkpoints, logs, curves")

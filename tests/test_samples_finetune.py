@@ -1,0 +1,148 @@
+"""The sample store (durability, validation, InkML exchange) and local fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from model.checkpoint import load_checkpoint
+from tests.conftest import REPO
+from tests.helpers import synthetic_examples
+from tests.synthetic_ink import ink_for
+from train.cli import main as train_main
+from train.data import load_split
+from train.finetune import FinetuneConfig, finetune
+from train.samples import SampleError, SampleStore
+
+
+def test_labels_are_validated_and_unknown_symbols_never_stored(tmp_path):
+    store = SampleStore(tmp_path / "s.db")
+    sid = store.add(ink_for("x ^ { 2 }"), "x^2")
+    assert store.samples()[0].tokens == ["x", "^", "{", "2", "}"]
+    with pytest.raises(SampleError, match=r"\\oint"):
+        store.add(ink_for("1"), "\\oint x")
+    with pytest.raises(SampleError, match="missing"):
+        store.add(ink_for("1"), "x^{2")
+    with pytest.raises(SampleError, match="ink"):
+        store.add([], "x")
+    with pytest.raises(SampleError, match=r"\\oint"):
+        store.update_label(sid, "\\oint")
+    assert store.count() == 1 and store.samples()[0].latex == "x^2"
+    store.update_label(sid, "x^3")
+    assert store.samples("3")[0].tokens[-2] == "3"
+    store.delete(sid)
+    assert store.count() == 0
+
+
+def test_strokes_round_trip_exactly_enough(tmp_path):
+    store = SampleStore(tmp_path / "s.db")
+    strokes = ink_for("\\frac { a } { b }", size=12.5)
+    store.add(strokes, "\\frac{a}{b}")
+    back = SampleStore(tmp_path / "s.db").samples()[0].strokes
+    assert len(back) == len(strokes)
+    for a, b in zip(back, strokes):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+_WRITER = """
+import sys, numpy as np
+from train.samples import SampleStore
+store = SampleStore(sys.argv[1])
+i = 0
+while True:
+    store.add([np.random.rand(50, 2) * 100], "x + 1")
+    i += 1
+    print(i, flush=True)
+"""
+
+
+def test_killing_a_writer_mid_way_leaves_a_readable_store(tmp_path):
+    db = tmp_path / "s.db"
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(db)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    for _ in range(30):  # let it write a while, then kill it without warning
+        proc.stdout.readline()
+    proc.kill()
+    proc.wait()
+    store = SampleStore(db)
+    assert store.count() >= 30
+    assert all(s.latex == "x + 1" and len(s.strokes[0]) == 50 for s in store.samples())
+    assert store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_export_then_import_round_trip_readable_by_the_trainer(tmp_path):
+    store = SampleStore(tmp_path / "a.db")
+    for latex in ["1 + 2", "x ^ { 2 } = y", "( a + b ) ^ { 2 }"]:
+        store.add(ink_for(latex), latex)
+    assert store.export_inkml(tmp_path / "export") == 3
+    examples, report = load_split(tmp_path / "export", "samples", store.vocab)
+    assert sorted(" ".join(e.tokens) for e in examples) == ["( a + b ) ^ { 2 }", "1 + 2", "x ^ { 2 } = y"]
+    assert not report.lines()
+    other = SampleStore(tmp_path / "b.db")
+    (tmp_path / "export" / "samples" / "junk.inkml").write_text("<ink>")
+    added, problems = other.import_inkml(tmp_path / "export" / "samples")
+    assert added == 3 and len(problems) == 1 and "junk.inkml" in problems[0]
+    assert sorted(s.latex for s in other.samples()) == sorted(s.latex for s in store.samples())
+
+
+def test_model_versions_and_rollback(tmp_path):
+    store = SampleStore(tmp_path / "s.db")
+    assert store.active_model() is None  # the bundled model
+    first = store.add_model(tmp_path / "v1.pt", None, {"holdout_after": 50.0})
+    second = store.add_model(tmp_path / "v2.pt", first, {"holdout_after": 60.0})
+    store.set_active_model(second)
+    assert store.active_model() == second and store.models()[1].parent == first
+    store.set_active_model(first)  # roll back
+    assert store.active_model() == first
+    store.set_active_model(None)
+    assert store.active_model() is None
+    with pytest.raises(SampleError):
+        store.set_active_model(99)
+
+
+NEW_EXPRESSIONS = ["3 + 1", "b - a", "2 ^ { 3 }"]
+
+
+def test_finetune_fits_new_samples_and_writes_a_new_version(tmp_path, tiny_checkpoint):
+    samples = synthetic_examples(NEW_EXPRESSIONS, copies=4, wobble=0.01)
+    out = tmp_path / "ft.pt"
+    cfg = FinetuneConfig(max_steps=120, lr=2e-3, eval_every=30, patience=10)
+    report = finetune(tiny_checkpoint, samples, out, cfg)
+    assert report.output == str(out) and out.exists()
+    assert report.train_after > report.train_before + 30
+    assert report.n_holdout == 2 and report.holdout_after >= report.holdout_before
+    assert "no replay" in report.notes[0]
+    _, _, meta = load_checkpoint(out)
+    assert meta["parent"] == str(tiny_checkpoint) and meta["finetune"]["steps"] == report.steps
+
+
+def test_cancel_leaves_nothing_written(tmp_path, tiny_checkpoint):
+    cancel = threading.Event()
+    out = tmp_path / "ft.pt"
+
+    def progress(step, total, info):
+        if step == 3:
+            cancel.set()
+
+    report = finetune(tiny_checkpoint, synthetic_examples(NEW_EXPRESSIONS, copies=2), out,
+                      FinetuneConfig(max_steps=50), progress=progress, cancel=cancel)  # fmt: skip
+    assert report.stopped == "cancelled" and report.output is None and not out.exists()
+    assert report.steps == 3
+
+
+def test_finetune_command_line_records_the_version(tmp_path, tiny_checkpoint, capsys):
+    store = SampleStore(tmp_path / "s.db")
+    for ex in synthetic_examples(NEW_EXPRESSIONS, copies=2):
+        store.add(ex.strokes, " ".join(ex.tokens))
+    out = tmp_path / "v1.pt"
+    code = train_main(["finetune", "--samples", str(tmp_path / "s.db"), "--base", str(tiny_checkpoint),
+                       "--out", str(out), "--steps", "10", "--json", str(tmp_path / "r.json")])  # fmt: skip
+    assert code == 0 and out.exists()
+    assert json.loads((tmp_path / "r.json").read_text())["steps"] == 10
+    versions = SampleStore(tmp_path / "s.db").models()
+    assert [v.path for v in versions] == [str(out)] and versions[0].parent is None
+    assert "no replay" in capsys.readouterr().out

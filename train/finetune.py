@@ -1,0 +1,184 @@
+"""Fine-tuning on a person's own samples, without forgetting what the model knows.
+
+Defaults suit a few dozen samples: a fifth held out for validation, a low
+learning rate, at most a few hundred steps, early stopping on the held-out
+ExpRate, BatchNorm statistics frozen (a handful of samples must not redefine
+them), and half of every batch replayed from CROHME training data when it is
+available. A cancelled or failed run writes nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.greedy import greedy_search
+from model.hmer import HMER
+from model.vocab import Vocabulary
+from train.augment import AugmentConfig
+from train.data import Example, InkDataset, collate
+from train.metrics import ExpRateCounter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    max_steps: int = 200
+    lr: float = 1e-4
+    batch_size: int = 8
+    holdout_fraction: float = 0.2  # of the user's samples, kept for validation
+    replay_fraction: float = 0.5  # share of each batch drawn from base training data, when given
+    eval_every: int = 25
+    patience: int = 3  # evaluations without a better held-out ExpRate before stopping
+    seed: int = 0
+    augment: AugmentConfig = field(
+        default_factory=lambda: AugmentConfig(scale=(0.8, 1.25), rotate_deg=2.0, shear=0.1, stroke_jitter=0.02)
+    )
+
+
+@dataclass
+class FinetuneReport:
+    base: str
+    output: str | None  # None when cancelled or nothing was written
+    n_train: int
+    n_holdout: int
+    steps: int
+    stopped: str  # "max_steps", "early_stopping", "cancelled"
+    replay: bool
+    holdout_before: float | None = None  # ExpRate %, None without a held-out part
+    holdout_after: float | None = None
+    base_before: float | None = None  # ExpRate % on the fixed CROHME subset, when given
+    base_after: float | None = None
+    train_before: float = 0.0
+    train_after: float = 0.0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_holdout(samples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    if len(samples) < 3:
+        return list(samples), []
+    order = np.random.default_rng(seed).permutation(len(samples))
+    n_hold = max(1, int(round(fraction * len(samples))))
+    hold = set(order[:n_hold].tolist())
+    return [s for i, s in enumerate(samples) if i not in hold], [s for i, s in enumerate(samples) if i in hold]
+
+
+@torch.no_grad()
+def exprate(model: HMER, vocab: Vocabulary, examples: list[Example], batch: int = 8) -> float:
+    if not examples:
+        return 0.0
+    model.eval()
+    counter = ExpRateCounter()
+    ds = InkDataset(examples, vocab, model.config.raster, augment=None)
+    for start in range(0, len(examples), batch):
+        b = collate([ds[i] for i in range(start, min(len(examples), start + batch))], vocab)
+        for (ids, _), truth in zip(greedy_search(model, b.imgs, b.masks, vocab), b.seqs):
+            counter.add(ids, truth)
+    return counter.rate(0)
+
+
+def _freeze_batchnorm(model: HMER) -> None:
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.eval()
+
+
+def finetune(
+    base: str | Path,
+    samples: list[Example],
+    out: str | Path,
+    config: FinetuneConfig = FinetuneConfig(),
+    replay: list[Example] | None = None,
+    base_eval: list[Example] | None = None,
+    progress: Callable[[int, int, dict], None] | None = None,
+    cancel: threading.Event | None = None,
+    meta: dict | None = None,
+) -> FinetuneReport:
+    start = time.monotonic()
+    if not samples:
+        raise ValueError("no samples to fine-tune on")
+    model, vocab, base_meta = load_checkpoint(base)
+    train_set, holdout = split_holdout(samples, config.holdout_fraction, config.seed)
+    report = FinetuneReport(str(base), None, len(train_set), len(holdout), 0, "max_steps", bool(replay))
+    if not replay:
+        report.notes.append("no CROHME training data given: fine-tuning on your samples only (no replay)")
+    if not holdout:
+        report.notes.append("fewer than 3 samples: nothing held out, the result is not validated")
+    report.holdout_before = exprate(model, vocab, holdout) if holdout else None
+    report.base_before = exprate(model, vocab, base_eval) if base_eval else None
+    report.train_before = exprate(model, vocab, train_set)
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    user_ds = InkDataset(train_set, vocab, model.config.raster, config.augment, seed=config.seed)
+    replay_ds = InkDataset(replay, vocab, model.config.raster, config.augment, seed=config.seed + 1) if replay else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    best_state = copy.deepcopy(model.state_dict())
+    best_score = report.holdout_before if holdout else -1.0
+    bad = 0
+    n_replay = int(round(config.batch_size * config.replay_fraction)) if replay_ds else 0
+    n_user = max(1, config.batch_size - n_replay)
+    for step in range(1, config.max_steps + 1):
+        if cancel is not None and cancel.is_set():
+            report.stopped = "cancelled"
+            report.steps = step - 1
+            report.seconds = time.monotonic() - start
+            return report
+        user_ds.set_epoch(step)
+        items = [user_ds[int(i)] for i in rng.choice(len(user_ds), size=n_user, replace=len(user_ds) < n_user)]
+        if replay_ds is not None:
+            replay_ds.set_epoch(step)
+            items += [replay_ds[int(i)] for i in rng.choice(len(replay_ds), size=n_replay, replace=False)]
+        batch = collate(items, vocab)
+        model.train()
+        _freeze_batchnorm(model)
+        main, aux = model(batch.imgs, batch.masks, batch.targets.tgt)
+        loss, parts = model.loss(main, aux, batch.targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        report.steps = step
+        info = {"loss": parts["loss"]}
+        if holdout and step % config.eval_every == 0:
+            score = exprate(model, vocab, holdout)
+            info["holdout_exprate"] = score
+            if score > best_score:
+                best_score, bad = score, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+                if bad >= config.patience:
+                    report.stopped = "early_stopping"
+                    if progress:
+                        progress(step, config.max_steps, info)
+                    break
+        if progress:
+            progress(step, config.max_steps, info)
+    if holdout:
+        model.load_state_dict(best_state)  # the best validated weights (possibly the base's)
+    if cancel is not None and cancel.is_set():
+        report.stopped = "cancelled"
+        report.seconds = time.monotonic() - start
+        return report
+    report.holdout_after = exprate(model, vocab, holdout) if holdout else None
+    report.base_after = exprate(model, vocab, base_eval) if base_eval else None
+    report.train_after = exprate(model, vocab, train_set)
+    report.seconds = time.monotonic() - start
+    save_checkpoint(out, model, vocab, {**base_meta, **(meta or {}), "finetune": report.to_dict(), "parent": str(base)})
+    report.output = str(out)
+    return report
