@@ -28,15 +28,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from hmer_desktop.main_window import MainWindow
     from hmer_desktop.service import RecognitionService
-    from hmer_desktop.settings import SettingsStore
+    from hmer_desktop.settings import SettingsStore, data_dir
+    from train.samples import SampleStore
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("hmer")
     store = SettingsStore()
     settings = store.load()
-    checkpoint = args.checkpoint or settings.checkpoint or None
+    samples = SampleStore(data_dir() / "samples.db")
+    checkpoint = args.checkpoint or _active_version(samples) or settings.checkpoint or None
     service = RecognitionService(Path(checkpoint) if checkpoint else None, args.device or settings.device)
-    window = MainWindow(service, store)
+    window = MainWindow(service, store, samples)
     window.setAcceptDrops(True)
     window.show()
     if args.smoke_test:
@@ -47,6 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         lambda f: f.exception() and window.bridge.done.emit(None, f.exception())
     )  # a missing or broken model shows up at start, not at the first stroke
     return app.exec()
+
+
+def _active_version(samples) -> str | None:
+    """The fine-tuned version the user chose last, if its file still exists."""
+    active = samples.active_model()
+    for version in samples.models():
+        if version.id == active and Path(version.path).exists():
+            return version.path
+    return None
 
 
 def _smoke_test(app, window, ink: Path, screenshot: str | None, timeout: float) -> int:

@@ -11,16 +11,20 @@ from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QScrollArea, QSpinBox, QSplitter,
                                QToolBar, QVBoxLayout, QWidget)  # fmt: skip
 
+from hmer_desktop.finetune_service import FinetuneService
 from hmer_desktop.ink import InkDocument
 from hmer_desktop.service import RecognitionService, Result, Superseded
-from hmer_desktop.settings import Settings, SettingsStore
+from hmer_desktop.settings import Settings, SettingsStore, data_dir
 from hmer_desktop.widgets.attention import AttentionPanel
 from hmer_desktop.widgets.canvas import InkCanvas
 from hmer_desktop.widgets.heat import heat_rgba, to_qimage
+from hmer_desktop.widgets.learn import FinetuneDialog, SampleBrowser
 from hmer_desktop.widgets.results import ResultsPanel
 from hmer_desktop.widgets.structure import StructurePanel
 from model.inkml import InkMLError, read_inkml, write_inkml
+from model.paths import BUNDLED_CHECKPOINT, asset_path
 from model.prediction import Prediction
+from train.samples import SampleError, SampleStore
 
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.gif *.tif *.tiff *.webp)"
 
@@ -44,13 +48,21 @@ class MainWindow(QMainWindow):
     prediction_shown = Signal(object)  # Prediction | None, after the views were updated
     error_shown = Signal(str)
 
-    def __init__(self, service: RecognitionService, settings_store: SettingsStore | None = None) -> None:
+    def __init__(
+        self,
+        service: RecognitionService,
+        settings_store: SettingsStore | None = None,
+        sample_store: SampleStore | None = None,
+    ) -> None:
         super().__init__()
         self.setWindowTitle("hmer — handwritten math to LaTeX")
         self.service = service
         self.settings_store = settings_store or SettingsStore()
         self.settings: Settings = self.settings_store.load()
         self.document = InkDocument()
+        self.samples = sample_store or SampleStore(data_dir() / "samples.db")
+        self.finetuning = FinetuneService(self.samples, data_dir() / "models" if sample_store is None
+                                          else Path(self.samples.path).parent / "models")  # fmt: skip
         self.prediction: Prediction | None = None
         self.image_input: np.ndarray | None = None  # set while showing an opened image instead of ink
         self.pending = 0  # requests in flight
@@ -146,6 +158,13 @@ class MainWindow(QMainWindow):
         self.beam_spin.setToolTip("Beam size (1 = greedy, fastest)")
         self.beam_spin.valueChanged.connect(self._beam_changed)
         bar.addWidget(self.beam_spin)
+        learn = self.menuBar().addMenu("&Learn")
+        self.act_sample = action("Save as sample", self.save_sample, QKeySequence("Ctrl+Shift+S"),
+                                 tip="Keep this ink with its (corrected) LaTeX, to fine-tune on later")  # fmt: skip
+        learn.addAction(self.act_sample)
+        learn.addAction(action("Samples…", self.show_samples))
+        learn.addAction(action("Fine-tune…", self.show_finetune))
+        bar.addAction(self.act_sample)
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction(action("About the model", self.show_about))
         self.addActions([self.act_undo, self.act_redo, self.act_clear, self.act_eraser, self.act_recognize])
@@ -156,6 +175,8 @@ class MainWindow(QMainWindow):
         self.act_redo.setEnabled(self.document.can_redo())
         self.act_clear.setEnabled(not self.document.is_empty())
         self.act_save.setEnabled(not self.document.is_empty())
+        if hasattr(self, "act_sample"):
+            self.act_sample.setEnabled(not self.document.is_empty())
 
     def _toggle_eraser(self, on: bool) -> None:
         self.canvas.eraser = on
@@ -295,6 +316,40 @@ class MainWindow(QMainWindow):
                 self.open_path(Path(url.toLocalFile()))
                 break
 
+    # --- learning ---------------------------------------------------------------------
+
+    def save_sample(self) -> int | None:
+        """Store the ink with the LaTeX in the result field; a bad label is highlighted, never stored."""
+        latex = self.results.latex.text().strip()
+        try:
+            sample_id = self.samples.add([s[:, :2] for s in self.document.strokes], latex)
+        except SampleError as e:
+            self.results.latex.setStyleSheet("border: 2px solid #c62828; background: #ffebee;")
+            self.results.typeset_note.setText(f"Not saved as a sample: {e}")
+            return None
+        self.results.latex.setStyleSheet("")
+        self.statusBar().showMessage(f"Saved sample #{sample_id} ({self.samples.count()} in all)", 5000)
+        return sample_id
+
+    def show_samples(self) -> None:
+        SampleBrowser(self.samples, self).exec()
+
+    def base_checkpoint(self) -> Path:
+        return self.service.checkpoint or asset_path(BUNDLED_CHECKPOINT)
+
+    def show_finetune(self) -> FinetuneDialog:
+        crohme = Path(self.settings.crohme_dir) if self.settings.crohme_dir else None
+        dialog = FinetuneDialog(self.finetuning, self.base_checkpoint(), crohme, self)
+        dialog.model_chosen.connect(self.use_model)
+        dialog.show()
+        return dialog
+
+    def use_model(self, path: Path | None) -> None:
+        self.service.configure(path, self.settings.device)
+        self.statusBar().showMessage(f"Using {path.name if path else 'the bundled model'}", 5000)
+        if not self.document.is_empty() or self.image_input is not None:
+            self.recognize_now()
+
     def show_about(self) -> None:
         from model.paths import asset_path
 
@@ -311,6 +366,7 @@ class MainWindow(QMainWindow):
         self.debounce.stop()
         self.attention.play_button.setChecked(False)
         self.service.shutdown()
+        self.finetuning.shutdown()
         super().closeEvent(event)
 
 

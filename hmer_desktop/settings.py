@@ -28,6 +28,7 @@ class Settings:
     debounce_ms: int = 300  # wait this long after the last stroke
     device: str = "auto"  # auto, cpu, cuda
     checkpoint: str = ""  # empty = the bundled model
+    crohme_dir: str = ""  # CROHME-layout folder for fine-tuning replay (optional)
 
     def validated(self) -> "Settings":
         return Settings(
@@ -36,6 +37,7 @@ class Settings:
             debounce_ms=min(max(int(self.debounce_ms), 0), 5000),
             device=self.device if self.device in ("auto", "cpu", "cuda") else "auto",
             checkpoint=str(self.checkpoint or ""),
+            crohme_dir=str(self.crohme_dir or ""),
         )
 
 

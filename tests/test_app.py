@@ -18,13 +18,14 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 from hmer_desktop.main_window import MainWindow  # noqa: E402
 from hmer_desktop.service import RecognitionService  # noqa: E402
 from hmer_desktop.settings import Settings, SettingsStore  # noqa: E402
+from train.samples import SampleStore  # noqa: E402
 from model.inkml import write_inkml  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 from tests.synthetic_ink import ink_for  # noqa: E402
 
 
 def _no_worker_threads() -> bool:
-    return not any(t.name.startswith("hmer-recognition") for t in threading.enumerate())
+    return not any(t.name.startswith(("hmer-recognition", "hmer-finetune")) for t in threading.enumerate())
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def make_window(qtbot, tmp_path, tiny_checkpoint):
         store.save(Settings(beam_size=3, live=live, debounce_ms=0, device="cpu"))
         kwargs = {"loader": loader} if loader else {}
         service = RecognitionService(tiny_checkpoint, "cpu", **kwargs)
-        window = MainWindow(service, store)
+        window = MainWindow(service, store, SampleStore(tmp_path / f"samples{len(windows)}.db"))
         qtbot.addWidget(window)
         window.show()
         windows.append(window)
@@ -190,7 +191,8 @@ def test_choosing_an_alternative_makes_it_the_result(qtbot, make_window):
 
 
 def _smoke(*args: str, env_dir: Path) -> subprocess.CompletedProcess:
-    env = {**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen", "HMER_CONFIG_DIR": str(env_dir)}
+    env = {**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen", "HMER_CONFIG_DIR": str(env_dir),
+           "HMER_DATA_DIR": str(env_dir / "data")}
     return subprocess.run([sys.executable, "-m", "hmer_desktop.app", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=180)  # fmt: skip
 
@@ -212,3 +214,81 @@ def test_smoke_test_fails_clearly_on_a_bad_checkpoint(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"junk")
     done = _smoke("--smoke-test", str(ink), "--checkpoint", str(tmp_path / "bad.pt"), "--timeout", "60", env_dir=tmp_path)
     assert done.returncode == 1 and "checkpoint" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_save_as_sample_validates_the_label(qtbot, make_window):
+    window = make_window()
+    with qtbot.waitSignal(window.prediction_shown, timeout=30_000, check_params_cb=lambda p: p is not None):
+        _draw_expression(window, "1 + 2")
+    window.results.latex.setText("1 + \\oint")  # a correction with a symbol the model cannot learn
+    assert window.save_sample() is None
+    assert "\\oint" in window.results.typeset_note.text() and "border" in window.results.latex.styleSheet()
+    assert window.samples.count() == 0
+    window.results.latex.setText("1 + 3")
+    assert window.save_sample() is not None
+    assert [s.latex for s in window.samples.samples()] == ["1 + 3"] and window.results.latex.styleSheet() == ""
+
+
+def test_finetune_dialog_trains_a_version_and_switches_to_it(qtbot, make_window):
+    from tests.helpers import synthetic_examples
+
+    window = make_window(live=False)
+    for ex in synthetic_examples(["3 + 1", "b - a"], copies=3, wobble=0.01):
+        window.samples.add(ex.strokes, " ".join(ex.tokens))
+    dialog = window.show_finetune()
+    qtbot.addWidget(dialog)
+    assert "no replay" in dialog.info.text()
+    dialog.steps.setValue(12)
+    with qtbot.waitSignal(dialog.relay.finished, timeout=120_000):
+        dialog.start_button.click()
+    assert "Held-out samples" in dialog.report.toPlainText()
+    assert dialog.bar.value() == dialog.bar.maximum() or "early" in dialog.report.toPlainText()
+    report, version = dialog.result
+    assert window.samples.models()[0].id == version and Path(report.output).exists()
+    with qtbot.waitSignal(dialog.model_chosen):
+        dialog.use_button.click()
+    assert window.samples.active_model() == version and window.service.checkpoint == Path(report.output)
+    dialog.versions.setCurrentIndex(0)  # roll back to the bundled model
+    dialog.use_button.click()
+    assert window.samples.active_model() is None
+
+
+def test_cancelling_a_finetune_keeps_the_active_model(qtbot, make_window):
+    from tests.helpers import synthetic_examples
+
+    window = make_window(live=False)
+    for ex in synthetic_examples(["3 + 1", "b - a"], copies=3):
+        window.samples.add(ex.strokes, " ".join(ex.tokens))
+    before = window.service.checkpoint
+    dialog = window.show_finetune()
+    qtbot.addWidget(dialog)
+    dialog.steps.setValue(5000)
+    dialog.start_button.click()
+    qtbot.waitUntil(lambda: dialog.bar.value() >= 2, timeout=60_000)
+    with qtbot.waitSignal(dialog.relay.finished, timeout=60_000):
+        dialog.cancel_button.click()
+    assert "unchanged" in dialog.status.text()
+    assert window.samples.models() == [] and window.service.checkpoint == before
+
+
+def test_sample_browser_edits_filters_and_deletes(qtbot, tmp_path):
+    from hmer_desktop.widgets.learn import SampleBrowser
+
+    store = SampleStore(tmp_path / "s.db")
+    for latex in ["1 + 2", "x ^ { 2 } = y"]:
+        store.add(ink_for(latex), latex)
+    browser = SampleBrowser(store)
+    qtbot.addWidget(browser)
+    assert browser.list.count() == 2 and not browser.list.item(0).icon().isNull()
+    browser.filter.setText("x")
+    assert browser.list.count() == 1
+    browser.list.setCurrentRow(0)
+    browser.label.setText("x ^ { 2 } = \\oint")
+    browser.save_label()
+    assert "Not saved" in browser.message.text() and store.samples("x")[0].latex == "x ^ { 2 } = y"
+    browser.label.setText("x ^ { 3 } = y")
+    browser.save_label()
+    assert store.samples("x")[0].latex == "x ^ { 3 } = y"
+    browser.list.setCurrentRow(0)
+    browser.delete_selected()
+    assert store.count() == 1

@@ -1,0 +1,83 @@
+"""Fine-tuning in the background. Qt-free: a job is a future with progress callbacks
+and a cancel switch; torch and the trainer are imported inside the worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from train.samples import SampleStore
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total: int
+    loss: float
+    eta_s: float
+    holdout_exprate: float | None = None
+
+
+class FinetuneJob:
+    def __init__(self, future: Future, cancel: threading.Event) -> None:
+        self.future = future
+        self._cancel = cancel
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+
+class FinetuneService:
+    def __init__(self, store: SampleStore, models_dir: Path) -> None:
+        self.store = store
+        self.models_dir = models_dir
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hmer-finetune")
+        self._jobs: list[FinetuneJob] = []
+
+    def start(
+        self,
+        base: Path,
+        crohme_dir: Path | None,
+        max_steps: int,
+        on_progress: Callable[[Progress], None],
+    ) -> FinetuneJob:
+        cancel = threading.Event()
+        parent = self.store.active_model()
+
+        def run():
+            from train.data import Example, load_split
+            from train.finetune import FinetuneConfig, finetune
+
+            samples = [Example(f"sample{s.id}", s.strokes, s.tokens, source=f"sample {s.id}") for s in self.store.samples()]
+            replay = base_eval = None
+            if crohme_dir is not None and (crohme_dir / "train").exists():
+                replay, _ = load_split(crohme_dir, "train", self.store.vocab)
+                base_eval, _ = load_split(crohme_dir, "2014", self.store.vocab, limit=100)
+            start = time.monotonic()
+
+            def progress(step: int, total: int, info: dict) -> None:
+                eta = (time.monotonic() - start) / step * (total - step)
+                on_progress(Progress(step, total, info["loss"], eta, info.get("holdout_exprate")))
+
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            out = self.models_dir / f"finetuned-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+            report = finetune(base, samples, out, FinetuneConfig(max_steps=max_steps), replay=replay,
+                              base_eval=base_eval, progress=progress, cancel=cancel)  # fmt: skip
+            version = None
+            if report.output:
+                version = self.store.add_model(report.output, parent, report.to_dict(), note=f"from {base.name}")
+            return report, version
+
+        job = FinetuneJob(self._executor.submit(run), cancel)
+        self._jobs.append(job)
+        return job
+
+    def shutdown(self) -> None:
+        """Cancel running jobs (they write nothing) and wait for the worker to stop."""
+        for job in self._jobs:
+            job.cancel()
+        self._executor.shutdown(wait=True, cancel_futures=True)
