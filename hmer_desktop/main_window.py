@@ -20,6 +20,7 @@ from hmer_desktop.widgets.canvas import InkCanvas
 from hmer_desktop.widgets.heat import heat_rgba, to_qimage
 from hmer_desktop.widgets.learn import FinetuneDialog, SampleBrowser
 from hmer_desktop.widgets.results import ResultsPanel
+from hmer_desktop.widgets.settings_dialog import SettingsDialog
 from hmer_desktop.widgets.structure import StructurePanel
 from model.inkml import InkMLError, read_inkml, write_inkml
 from model.paths import BUNDLED_CHECKPOINT, asset_path
@@ -143,7 +144,8 @@ class MainWindow(QMainWindow):
         self.act_live = action("Live", self._toggle_live, checkable=True, tip="Recognize after every stroke")
         self.act_live.setChecked(self.settings.live)
         self.act_quit = action("Quit", self.close, QKeySequence.StandardKey.Quit)
-        for a in (self.act_open, self.act_save, self.act_quit):
+        self.act_prefs = action("Preferences…", self.show_preferences, QKeySequence.StandardKey.Preferences)
+        for a in (self.act_open, self.act_save, self.act_prefs, self.act_quit):
             menu.addAction(a)
         edit = self.menuBar().addMenu("&Edit")
         for a in (self.act_undo, self.act_redo, self.act_clear, self.act_eraser):
@@ -349,6 +351,21 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Using {path.name if path else 'the bundled model'}", 5000)
         if not self.document.is_empty() or self.image_input is not None:
             self.recognize_now()
+
+    def show_preferences(self) -> SettingsDialog:
+        dialog = SettingsDialog(self.settings, self)
+        dialog.accepted.connect(lambda: self.apply_settings(dialog.values(self.settings)))
+        dialog.show()
+        return dialog
+
+    def apply_settings(self, new: Settings) -> None:
+        model_changed = (new.checkpoint, new.device) != (self.settings.checkpoint, self.settings.device)
+        self.settings = new
+        self.settings_store.save(new)
+        self.beam_spin.setValue(new.beam_size)
+        self.act_live.setChecked(new.live)
+        if model_changed:
+            self.use_model(Path(new.checkpoint) if new.checkpoint else None)
 
     def show_about(self) -> None:
         from model.paths import asset_path

@@ -292,3 +292,20 @@ def test_sample_browser_edits_filters_and_deletes(qtbot, tmp_path):
     browser.list.setCurrentRow(0)
     browser.delete_selected()
     assert store.count() == 1
+
+
+def test_preferences_are_applied_and_remembered(qtbot, make_window, tmp_path, tiny_checkpoint):
+    window = make_window(live=False)
+    dialog = window.show_preferences()
+    qtbot.addWidget(dialog)
+    dialog.beam.setValue(4)
+    dialog.device.setCurrentText("cpu")
+    dialog.checkpoint.setText(str(tiny_checkpoint))
+    dialog.accept()
+    assert window.beam_spin.value() == 4 and window.service.checkpoint == tiny_checkpoint
+    assert window.settings_store.load().beam_size == 4
+    dialog = window.show_preferences()
+    qtbot.addWidget(dialog)
+    dialog.show_values(Settings())  # "Restore defaults"
+    dialog.accept()
+    assert window.settings_store.load() == Settings() and window.service.checkpoint is None

@@ -45,7 +45,9 @@ class SampleBrowser(QDialog):
         self.message.setWordWrap(True)
         save = QPushButton("Save label")
         delete = QPushButton("Delete")
-        import_button = QPushButton("Import InkML…")
+        import_button = QPushButton("Import InkML folder…")
+        import_zip = QPushButton("Import zip…")
+        import_zip.clicked.connect(self._import_zip_dialog)
         export_button = QPushButton("Export InkML…")
         save.clicked.connect(self.save_label)
         delete.clicked.connect(self.delete_selected)
@@ -57,6 +59,7 @@ class SampleBrowser(QDialog):
             row.addWidget(w)
         files = QHBoxLayout()
         files.addWidget(import_button)
+        files.addWidget(import_zip)
         files.addWidget(export_button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.filter)
@@ -111,6 +114,11 @@ class SampleBrowser(QDialog):
         folder = QFileDialog.getExistingDirectory(self, "Import a folder of InkML files")
         if folder:
             self.import_from(Path(folder))
+
+    def _import_zip_dialog(self) -> None:
+        name, _ = QFileDialog.getOpenFileName(self, "Import a zip of InkML files", "", "Zip archives (*.zip)")
+        if name:
+            self.import_from(Path(name))
 
     def _export_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Export samples as InkML into")
