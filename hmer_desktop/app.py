@@ -31,8 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     from hmer_desktop.settings import SettingsStore, data_dir
     from train.samples import SampleStore
 
+    from PySide6.QtGui import QIcon
+
+    from model.paths import asset_path
+
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("hmer")
+    app.setDesktopFileName("io.github.hmer")
+    app.setWindowIcon(QIcon(str(asset_path("hmer.svg"))))
     store = SettingsStore()
     settings = store.load()
     samples = SampleStore(data_dir() / "samples.db")

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Build dist/hmer/ (PyInstaller, one folder) in a fresh virtual environment, then
+# check that the built program passes its smoke test offscreen.
+#   Windows: run the same steps in PowerShell (venv\Scripts\activate); the spec is portable.
+#   macOS:   the same; add --windowed to make an .app bundle, and sign it for distribution.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv build/venv
+. build/venv/bin/activate
+pip install --quiet --upgrade pip
+# A CPU-only torch keeps the bundle small; pick the wheel your platform offers.
+pip install --quiet "torch==2.13.0" || pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
+pip install --quiet . pyinstaller
+pyinstaller --noconfirm --distpath dist --workpath build/pyinstaller packaging/hmer.spec
+du -sh dist/hmer
+QT_QPA_PLATFORM=offscreen HMER_CONFIG_DIR="$(mktemp -d)" HMER_DATA_DIR="$(mktemp -d)" \
+  dist/hmer/hmer --smoke-test assets/sample_expression.inkml --screenshot build/smoke.png
+echo "built dist/hmer; smoke test passed, screenshot in build/smoke.png"
