@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 python3 -m venv build/venv
 . build/venv/bin/activate
 pip install --quiet --upgrade pip
-# A CPU-only torch keeps the bundle small; pick the wheel your platform offers.
-pip install --quiet "torch==2.13.0" || pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
+# A CPU-only torch keeps the bundle small (TORCH_SPEC overrides, e.g. a local CPU wheel).
+pip install --quiet "${TORCH_SPEC:-torch==2.13.0}"
 pip install --quiet . pyinstaller
 pyinstaller --noconfirm --distpath dist --workpath build/pyinstaller packaging/hmer.spec
 du -sh dist/hmer
