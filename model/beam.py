@@ -107,11 +107,16 @@ def _search(
         for j, g in enumerate(active):
             group = groups[g]
             base = j * beam_size  # this group's rows in the current batch
-            scores_g = [0.0] * beam_size
+            # Slots left empty (more stop tokens than beams among the candidates) hold dead
+            # beams: the reference gave them score 0, which then outranked every real
+            # hypothesis and kept the search running to max_len.
+            scores_g = [float("-inf")] * beam_size
             tokens_g = [vocab.pad_id] * beam_size
             index_g = [base] * beam_size
             filled = 0
             for rank, (tok, score, src) in enumerate(zip(top_tok[j], top_scores_list[j], top_beam[j])):
+                if score == float("-inf"):
+                    break  # only dead beams' continuations remain
                 row = base + src
                 if tok in stop_ids:
                     if rank < beam_size:
@@ -121,7 +126,7 @@ def _search(
                     filled += 1
                 if filled == beam_size:
                     break
-            group.done = group.is_done(max(top_scores_list[j]), cur_len)
+            group.done = filled == 0 or group.is_done(max(top_scores_list[j]), cur_len)
             if not group.done:  # a finished group leaves the batch: no more work for it
                 still_active.append(g)
                 new_scores += scores_g
@@ -138,7 +143,8 @@ def _search(
     final = beam_scores.tolist()
     for j, g in enumerate(active):  # max_len reached: the open beams count as they are
         for r in range(beam_size):
-            groups[g].add(list(prefixes[j * beam_size + r]), final[j * beam_size + r])
+            if final[j * beam_size + r] > float("-inf"):
+                groups[g].add(list(prefixes[j * beam_size + r]), final[j * beam_size + r])
     return groups
 
 

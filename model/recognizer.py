@@ -29,6 +29,13 @@ from model.vocab import Vocabulary
 DOWNSAMPLE = 16  # the DenseNet encoder's total stride
 
 
+def length_limit(n_strokes: int, cap: int = 200) -> int:
+    """Beam-search length bound for ink of n strokes. No CROHME training expression has
+    more than 3.25 tokens per stroke, so this never cuts a real reading short, and it
+    stops a weak model's loops (`2 6 6 6 ...`) long before the cap."""
+    return min(cap, 10 + 4 * n_strokes)
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -75,19 +82,21 @@ class Recognizer:
         t0 = time.perf_counter()
         raster = rasterize(strokes, self.model.config.raster)
         timings = {"rasterize": (time.perf_counter() - t0) * 1000}
-        return self._decode(raster.image, raster.transform.as_matrix(), beam_size, timings)
+        max_len = length_limit(len(strokes), self.max_len)
+        return self._decode(raster.image, raster.transform.as_matrix(), beam_size, timings, max_len)
 
     def recognize_image(self, array: np.ndarray, beam_size: int = 10) -> Prediction:
         """A photo or scan of handwriting: grayscale or RGB(A), dark ink on light or the reverse."""
         t0 = time.perf_counter()
         image = image_to_input(array, self.model.config.raster)
         timings = {"rasterize": (time.perf_counter() - t0) * 1000}
-        return self._decode(image, None, beam_size, timings)
+        return self._decode(image, None, beam_size, timings, self.max_len)
 
     @torch.inference_mode()
     def _decode(
-        self, image: np.ndarray, ink_to_image: np.ndarray | None, beam_size: int, timings: dict[str, float]
-    ) -> Prediction:
+        self, image: np.ndarray, ink_to_image: np.ndarray | None, beam_size: int, timings: dict[str, float],
+        max_len: int,
+    ) -> Prediction:  # fmt: skip
         with self._lock:
             imgs = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.device)
             masks = torch.zeros(1, *image.shape, dtype=torch.bool, device=self.device)
@@ -96,10 +105,10 @@ class Recognizer:
             timings["encode"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
             if beam_size > 1:
-                hyps = beam_search_memory(self.model, memory, mem_mask, self.vocab, beam_size, self.max_len)[0]
+                hyps = beam_search_memory(self.model, memory, mem_mask, self.vocab, beam_size, max_len)[0]
                 nbest = [(list(h.ids), h.score) for h in hyps]
             else:
-                ids, logp = greedy_search(self.model, imgs, masks, self.vocab, self.max_len)[0]
+                ids, logp = greedy_search(self.model, imgs, masks, self.vocab, max_len)[0]
                 nbest = [(ids, logp / (len(ids) + 1))]
             timings["search"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()

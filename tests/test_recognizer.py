@@ -117,3 +117,19 @@ def test_cli_bad_checkpoint_exits_2(tmp_path):
     (tmp_path / "c.pt").write_bytes(b"garbage")
     done = _cli(str(tmp_path / "e.inkml"), "--checkpoint", str(tmp_path / "c.pt"))
     assert done.returncode == 2 and "checkpoint" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_beam_search_never_returns_special_tokens_and_stops_early(recognizer):
+    # A confident model ends many beams at once; empty beam slots must not survive as
+    # zero-score "hypotheses" full of <pad> that keep the search running to max_len.
+    import time
+
+    strokes = ink_for("\\frac { a } { b } - 3", size=60, wobble=0.01, seed=2)
+    start = time.perf_counter()
+    pred = recognizer.recognize(strokes, beam_size=10)
+    elapsed = time.perf_counter() - start
+    specials = {"<pad>", "<sos>", "<eos>", "<space>"}
+    for alt in pred.alternatives:
+        assert not specials & set(alt.tokens), alt.latex
+    assert all(len(a.tokens) < recognizer.max_len for a in pred.alternatives)
+    assert elapsed < 30  # a hang guard, not a speed target

@@ -20,6 +20,7 @@ from model.greedy import greedy_search
 from model.hmer import HMER
 from model.paths import BUNDLED_CHECKPOINT, asset_path
 from model.rasterize import rasterize
+from model.recognizer import length_limit
 from model.vocab import Vocabulary
 from train.data import Example, load_split
 from train.metrics import ExpRateCounter
@@ -53,10 +54,11 @@ def evaluate_examples(
     for ex in tqdm(examples, desc="evaluating", disable=not show_progress, dynamic_ncols=True, mininterval=2):
         imgs, masks = image_tensors(ex, model, device)
         with torch.inference_mode():
+            limit = length_limit(len(ex.strokes))  # the same bound the app uses
             if beam > 0:
-                ids = list(beam_search(model, imgs, masks, vocab, beam_size=beam)[0][0].ids)
+                ids = list(beam_search(model, imgs, masks, vocab, beam_size=beam, max_len=limit)[0][0].ids)
             else:
-                ids = greedy_search(model, imgs, masks, vocab)[0][0]
+                ids = greedy_search(model, imgs, masks, vocab, max_len=limit)[0][0]
         pred = vocab.decode(ids)
         dist = counter.add(pred, ex.tokens)
         lo, hi = next(b for b in LENGTH_BINS if b[0] <= len(ex.tokens) <= b[1])

@@ -83,7 +83,7 @@ class AttentionPanel(QWidget):
             c = confidence_color(p)
             b.setStyleSheet(f"QToolButton {{ background: {c.name()}; padding: 3px 6px; }}"
                             "QToolButton:checked { border: 2px solid #1a4fd6; }")  # fmt: skip
-            b.setMinimumWidth(b.sizeHint().width() + 8)
+            b.setMinimumWidth(b.fontMetrics().horizontalAdvance(tok) + 22)  # room for the padding: no overlap
             self._group.addButton(b, i)
             self._strip_layout.insertWidget(i, b)
             self._buttons.append(b)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib import colormaps
+from PIL import Image
 from PySide6.QtGui import QImage
 
 _CMAP = colormaps["inferno"]
 
 
 def upsample_attention(attention: np.ndarray, stride: int, shape: tuple[int, int]) -> np.ndarray:
-    """[h, w] grid -> [H, W] pixels of the model input (each cell covers stride x stride pixels)."""
-    big = np.kron(attention, np.ones((stride, stride), dtype=np.float32))
-    return big[: shape[0], : shape[1]]
+    """[h, w] grid -> [H, W] pixels of the model input. Each cell covers stride x stride
+    pixels; bilinear interpolation between cell centres avoids a blocky overlay."""
+    h, w = attention.shape
+    image = Image.fromarray(np.ascontiguousarray(attention, dtype=np.float32), mode="F")
+    big = np.asarray(image.resize((w * stride, h * stride), Image.Resampling.BILINEAR))
+    return np.clip(big[: shape[0], : shape[1]], 0.0, None)
 
 
 def heat_rgba(values: np.ndarray, max_alpha: float = 0.75) -> np.ndarray:
