@@ -29,6 +29,7 @@ from tqdm import tqdm
 from model.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
 from model.greedy import greedy_search
 from model.hmer import HMER
+from model.recognizer import length_limit
 from model.vocab import Vocabulary
 from train.config import TrainConfig
 from train.data import Batch, Example, InkDataset, collate, load_split, nominal_size, size_batches
@@ -294,8 +295,9 @@ class Trainer:
             loader = DataLoader(val_set, batch_sampler=batches, collate_fn=partial(collate, vocab=self.vocab))
             for batch in loader:
                 batch = batch.to(self.device)
+                limit = max(length_limit(len(examples[i].strokes)) for i in batch.indices)  # as the app does
                 with autocast_context(self.device, self.cfg.loop.bf16):
-                    results = greedy_search(model, batch.imgs, batch.masks, self.vocab, max_len=200)
+                    results = greedy_search(model, batch.imgs, batch.masks, self.vocab, max_len=limit)
                 for (ids, _), seq in zip(results, batch.seqs):
                     counter.add(ids, seq)
         total = all_sum([counter.n, *counter.within], self.dist, self.device)
