@@ -107,7 +107,7 @@ class MainWindow(QMainWindow):
         self.bridge.done.connect(self._on_done)
         self.debounce = QTimer(self)
         self.debounce.setSingleShot(True)
-        self.debounce.timeout.connect(self.recognize_now)
+        self.debounce.timeout.connect(lambda: self.recognize_now())
         self.document.subscribe(self._on_ink_changed)
         self.results.alternative_chosen.connect(self.choose_alternative)
         self.attention.token_selected.connect(self._on_token_selected)
@@ -140,7 +140,7 @@ class MainWindow(QMainWindow):
         self.act_clear = action("Clear", self.clear, QKeySequence("Ctrl+Delete"))
         self.act_eraser = action("Eraser", self._toggle_eraser, QKeySequence("E"), checkable=True,
                                  tip="Eraser: removes whole strokes (the right mouse button erases too)")  # fmt: skip
-        self.act_recognize = action("Recognize", self.recognize_now, QKeySequence("Ctrl+Return"))
+        self.act_recognize = action("Recognize", lambda: self.recognize_now(), QKeySequence("Ctrl+Return"))
         self.act_live = action("Live", self._toggle_live, checkable=True, tip="Recognize after every stroke")
         self.act_live.setChecked(self.settings.live)
         self.act_quit = action("Quit", self.close, QKeySequence.StandardKey.Quit)
@@ -205,16 +205,20 @@ class MainWindow(QMainWindow):
             self.show_prediction(None)
             return
         if self.settings.live:
-            self.debounce.start(self.settings.debounce_ms)
+            if self.settings.preview and self.beam_spin.value() > 1:
+                self.recognize_now(beam_size=1, keep_timer=True)  # instant greedy reading
+            self.debounce.start(self.settings.debounce_ms)  # the beam search once the pen rests
 
-    def recognize_now(self) -> None:
-        self.debounce.stop()
+    def recognize_now(self, beam_size: int | None = None, keep_timer: bool = False) -> None:
+        if not keep_timer:
+            self.debounce.stop()
+        beam = beam_size or self.beam_spin.value()
         if self.image_input is not None:
-            future = self.service.recognize_image(self.image_input, self.document.version, self.beam_spin.value())
+            future = self.service.recognize_image(self.image_input, self.document.version, beam)
         elif self.document.is_empty():
             return
         else:
-            future = self.service.recognize(self.document.strokes, self.document.version, self.beam_spin.value())
+            future = self.service.recognize(self.document.strokes, self.document.version, beam)
         self.pending += 1
         self.status_state.setText("recognizing…")
         self.bridge.watch(future)

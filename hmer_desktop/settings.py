@@ -25,7 +25,8 @@ def data_dir() -> Path:
 class Settings:
     beam_size: int = 10
     live: bool = True  # recognize after each stroke
-    debounce_ms: int = 300  # wait this long after the last stroke
+    debounce_ms: int = 300  # wait this long after the last stroke before the beam search
+    preview: bool = True  # show a greedy reading right after each stroke, then the beam's
     device: str = "auto"  # auto, cpu, cuda
     checkpoint: str = ""  # empty = the bundled model
     crohme_dir: str = ""  # CROHME-layout folder for fine-tuning replay (optional)
@@ -35,6 +36,7 @@ class Settings:
             beam_size=min(max(int(self.beam_size), 1), 32),
             live=bool(self.live),
             debounce_ms=min(max(int(self.debounce_ms), 0), 5000),
+            preview=bool(self.preview),
             device=self.device if self.device in ("auto", "cpu", "cuda") else "auto",
             checkpoint=str(self.checkpoint or ""),
             crohme_dir=str(self.crohme_dir or ""),

@@ -309,3 +309,14 @@ def test_preferences_are_applied_and_remembered(qtbot, make_window, tmp_path, ti
     dialog.show_values(Settings())  # "Restore defaults"
     dialog.accept()
     assert window.settings_store.load() == Settings() and window.service.checkpoint is None
+
+
+def test_a_greedy_preview_comes_first_then_the_beam_result(qtbot, make_window):
+    window = make_window()
+    window.settings.debounce_ms = 400
+    shown = []
+    window.prediction_shown.connect(lambda p: p is not None and shown.append(len(p.alternatives)))
+    _draw_expression(window, "1 + 2")
+    qtbot.waitUntil(lambda: len(shown) >= 2, timeout=30_000)
+    assert shown[0] == 1  # the instant greedy reading has no alternatives
+    assert shown[-1] > 1 and window.results.latex.text() == "1 + 2"

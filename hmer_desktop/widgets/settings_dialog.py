@@ -30,6 +30,8 @@ class SettingsDialog(QDialog):
         self.beam.setValue(settings.beam_size)
         self.live = QCheckBox("Recognize after every stroke")
         self.live.setChecked(settings.live)
+        self.preview = QCheckBox("Greedy preview right after each stroke")
+        self.preview.setChecked(settings.preview)
         self.debounce = QSpinBox()
         self.debounce.setRange(0, 5000)
         self.debounce.setSuffix(" ms")
@@ -44,7 +46,8 @@ class SettingsDialog(QDialog):
         form = QFormLayout(self)
         form.addRow("Beam size", self.beam)
         form.addRow("Live", self.live)
-        form.addRow("Wait after a stroke", self.debounce)
+        form.addRow("Preview", self.preview)
+        form.addRow("Beam search after", self.debounce)
         form.addRow("Device", self.device)
         form.addRow("Checkpoint", _path_row(self.checkpoint, self._choose_checkpoint))
         form.addRow("CROHME data", _path_row(self.crohme, self._choose_crohme))
@@ -59,12 +62,14 @@ class SettingsDialog(QDialog):
         self.beam.setValue(s.beam_size)
         self.live.setChecked(s.live)
         self.debounce.setValue(s.debounce_ms)
+        self.preview.setChecked(s.preview)
         self.device.setCurrentText(s.device)
         self.checkpoint.setText(s.checkpoint)
         self.crohme.setText(s.crohme_dir)
 
     def values(self, base: Settings) -> Settings:
         return replace(base, beam_size=self.beam.value(), live=self.live.isChecked(), debounce_ms=self.debounce.value(),
+                       preview=self.preview.isChecked(),
                        device=self.device.currentText(), checkpoint=self.checkpoint.text().strip(),
                        crohme_dir=self.crohme.text().strip()).validated()  # fmt: skip
 
