@@ -26,7 +26,7 @@ from model.config import HMERConfig  # noqa: E402
 from model.hmer import HMER  # noqa: E402
 from model.paths import BUNDLED_CHECKPOINT, asset_path  # noqa: E402
 from model.rasterize import rasterize  # noqa: E402
-from model.recognizer import Recognizer  # noqa: E402
+from model.recognizer import Recognizer, length_limit  # noqa: E402
 from model.vocab import Vocabulary  # noqa: E402
 from train.data import load_split  # noqa: E402
 
@@ -64,7 +64,8 @@ def baseline_recognize(rec: Recognizer, strokes, beam: int, max_len: int) -> lis
     with torch.inference_mode():
         imgs = torch.from_numpy(image)[None, None]
         memory, mask = rec.model.encode(imgs, torch.zeros(1, *image.shape, dtype=torch.bool))
-        hyps = beam_search_memory(rec.model, memory, mask, rec.vocab, beam, max_len, decoder=FullPrefixDecoder(rec.model))
+        limit = length_limit(len(strokes), max_len)  # the same bound as Recognizer.recognize
+        hyps = beam_search_memory(rec.model, memory, mask, rec.vocab, beam, limit, decoder=FullPrefixDecoder(rec.model))
     return list(hyps[0][0].ids)
 
 

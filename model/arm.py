@@ -67,15 +67,17 @@ class MaskedBatchNorm(nn.Module):
         super().__init__()
         self.bn = nn.BatchNorm1d(num_features)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        # x: [n, c, h, w]; mask: [n, 1, h, w], True = padding
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        # x: [n, c, h, w]; mask: [n, 1, h, w], True = padding (None: no padding)
         if not self.training:
             # Eval BN is per-element affine: normalize everywhere, keep the padding as it was.
             bn = self.bn
             scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
             shift = bn.bias - bn.running_mean * scale
             y = x * scale[:, None, None] + shift[:, None, None]
-            return torch.where(mask, x, y)
+            return y if mask is None else torch.where(mask, x, y)
+        if mask is None:
+            mask = torch.zeros_like(x[:, :1], dtype=torch.bool)
         x = x.permute(0, 2, 3, 1)  # [n, h, w, c]
         valid = ~mask[:, 0]
         out = x.clone()
@@ -105,11 +107,12 @@ class AttentionRefinementModule(nn.Module):
             parts.append(curr)
         return torch.cat(parts, dim=1)
 
-    def forward(self, coverage: Tensor, mask: Tensor) -> Tensor:
-        # coverage: [n, k*H, h, w] attention summed over the past steps; mask: [n, 1, h, w]
+    def forward(self, coverage: Tensor, mask: Tensor | None) -> Tensor:
+        # coverage: [n, k*H, h, w] attention summed over the past steps; mask: [n, 1, h, w] or None
         cov = F.relu(self.conv(coverage))  # [n, dc, h, w]
         if self.cbam is not None:
             cov = self.cbam(cov)
-        cov = cov.masked_fill(mask, 0.0)
+        if mask is not None:
+            cov = cov.masked_fill(mask, 0.0)
         cov = self.proj(cov)  # [n, H, h, w]
         return self.post_norm(cov, mask)

@@ -121,6 +121,13 @@ class DecoderState:
     cov_raw: list[Tensor]  # per layer, [n, H, L]: sum of past unrefined attention
     length: int = 0  # tokens consumed so far
 
+    @property
+    def padded(self) -> bool:
+        return self._padded
+
+    def __post_init__(self) -> None:
+        self._padded = bool(self.memory_mask.any())
+
     def reorder(self, index: Tensor) -> None:
         """Keep sequences `index` (beam search survivors), in that order."""
         self.image_index = self.image_index[index]
@@ -161,7 +168,7 @@ class Decoder(nn.Module):
     def embed(self, tokens: Tensor, start: int = 0) -> Tensor:
         return self.norm(self.pos_enc(self.word_embed(tokens), start))  # [b, t, d]
 
-    def _refine(self, logits: Tensor, prev: Tensor, curr: Tensor, mask: Tensor, height: int) -> Tensor:
+    def _refine(self, logits: Tensor, prev: Tensor, curr: Tensor, mask: Tensor | None, height: int) -> Tensor:
         """Subtract the ARM's coverage penalty from cross-attention logits.
 
         logits: [n, H, t, L]; prev/curr: [n, H, t, L] coverage (attention summed
@@ -171,8 +178,10 @@ class Decoder(nn.Module):
         width = length // height
         cov = self.arm.coverage_input(prev, curr)  # [n, k*H, t, L]
         cov = cov.transpose(1, 2).reshape(n * t, -1, height, width)  # [(n t), k*H, h, w]
-        grid_mask = mask.view(n, 1, 1, height, width).expand(n, t, 1, height, width)
-        penalty = self.arm(cov, grid_mask.reshape(n * t, 1, height, width))  # [(n t), H, h, w]
+        grid_mask = None
+        if mask is not None:
+            grid_mask = mask.view(n, 1, 1, height, width).expand(n, t, 1, height, width).reshape(n * t, 1, height, width)
+        penalty = self.arm(cov, grid_mask)  # [(n t), H, h, w]
         penalty = penalty.view(n, t, heads, length).transpose(1, 2)  # [n, H, t, L]
         return logits - penalty
 
@@ -239,7 +248,9 @@ class Decoder(nn.Module):
         and the last layer's refined attention [n, H, L]. Updates `state`."""
         x = self.embed(tokens[:, None], start=state.length)  # [n, 1, d]
         idx = state.image_index
-        cross_mask = state.memory_mask[idx][:, None, None, :]  # [n, 1, 1, L]
+        # Without padding (one image, as in the app) there is nothing to mask.
+        seq_mask = state.memory_mask[idx] if state.padded else None  # [n, L]
+        cross_mask = seq_mask[:, None, None, :] if seq_mask is not None else None  # [n, 1, 1, L]
         finals, raws = [], []
         attn = None
         for i, layer in enumerate(self.layers):
@@ -257,7 +268,7 @@ class Decoder(nn.Module):
             if i > 0 and self.arm is not None:
                 prev_cov = state.cov_final[i - 1][:, :, None]  # [n, H, 1, L]
                 curr_cov = state.cov_raw[i][:, :, None]
-                logits = self._refine(logits, prev_cov, curr_cov, state.memory_mask[idx], state.height)
+                logits = self._refine(logits, prev_cov, curr_cov, seq_mask, state.height)
                 attn = mha.probs(logits, cross_mask)
             raws.append(raw[:, :, 0])
             finals.append(attn[:, :, 0])
