@@ -1,0 +1,36 @@
+"""The benchmark scripts run and report what they promise (on tiny data, not for figures)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from model.inkml import write_inkml
+from tests.conftest import REPO, SYNTHETIC_EXPRESSIONS
+from tests.synthetic_ink import ink_for
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_latency_benchmark_compares_with_the_full_prefix_baseline(tmp_path, tiny_checkpoint):
+    for i, latex in enumerate(SYNTHETIC_EXPRESSIONS[:3]):
+        write_inkml(tmp_path / "data" / "mini" / f"e{i}.inkml", ink_for(latex), latex)
+    out = tmp_path / "lat.json"
+    done = _run("benchmarks/latency.py", "--data", str(tmp_path / "data"), "--split", "mini", "--limit", "3",
+                "--checkpoint", str(tiny_checkpoint), "--beam", "3", "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert {"p50_ms", "p95_ms", "baseline_p50_ms", "speedup", "identical", "n", "checkpoint", "threads"} <= set(report)
+    assert report["n"] == 3 and report["identical"] == 1.0  # caching changes the speed, never the answer
+
+
+def test_train_throughput_benchmark_reports_all_three_settings(tmp_path):
+    out = tmp_path / "tp.json"
+    done = _run("benchmarks/train_throughput.py", "--preset", "tiny", "--batches", "2", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert set(report["images_per_s"]) == {"fp32", "bf16", "bf16+channels_last"}
+    assert report["bf16_loss_rel_diff"] < 0.05
