@@ -16,9 +16,20 @@ class TypesetError(ValueError):
     """mathtext cannot render this LaTeX; the message says why."""
 
 
+def compact(latex: str) -> str:
+    """`x ^ { 2 }` -> `x^{2}`: spaces only where LaTeX needs them (after a command word
+    that a letter follows). mathtext misreads scripts written with spaces around them."""
+    out = ""
+    for tok in latex.split():
+        if out and out[-1].isalpha() and tok[0].isalpha() and "\\" in out and out.rsplit("\\", 1)[-1].isalpha():
+            out += " "
+        out += tok
+    return out
+
+
 def for_mathtext(latex: str) -> str:
-    # mathtext has no \limits (it only moves the limits) and needs non-empty groups
-    return " ".join(t for t in latex.split() if t != "\\limits")
+    # mathtext has no \limits (it only moves the limits)
+    return compact(" ".join(t for t in latex.split() if t != "\\limits"))
 
 
 def typeset_png(latex: str, dpi: int = 140, color: str = "black") -> bytes:

@@ -81,3 +81,10 @@ def test_math_readings_and_typesetting():
     assert typeset_png("\\sum \\limits _ { i } i").startswith(b"\x89PNG")
     with pytest.raises(TypesetError, match="cannot typeset"):
         typeset_png("x ^ { 2")
+
+
+def test_latex_is_compacted_for_mathtext():
+    from hmer_desktop.mathinfo import compact
+
+    assert compact("\\frac { x } { x } = x ^ { 2 }") == "\\frac{x}{x}=x^{2}"
+    assert compact("2 \\pi r + \\sin x") == "2\\pi r+\\sin x"  # a command word keeps its space before a letter

@@ -83,7 +83,8 @@ class AttentionPanel(QWidget):
             c = confidence_color(p)
             b.setStyleSheet(f"QToolButton {{ background: {c.name()}; padding: 3px 6px; }}"
                             "QToolButton:checked { border: 2px solid #1a4fd6; }")  # fmt: skip
-            b.setMinimumWidth(b.fontMetrics().horizontalAdvance(tok) + 22)  # room for the padding: no overlap
+            b.ensurePolished()  # apply the style sheet's padding before measuring
+            b.setMinimumWidth(max(b.sizeHint().width(), b.fontMetrics().horizontalAdvance(tok) + 24))
             self._group.addButton(b, i)
             self._strip_layout.insertWidget(i, b)
             self._buttons.append(b)
