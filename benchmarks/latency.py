@@ -60,6 +60,7 @@ class FullPrefixDecoder:
 
 
 def baseline_recognize(rec: Recognizer, strokes, beam: int, max_len: int) -> list[int]:
+    """The reference's search (early_stopping False) with full-prefix decoding."""
     image = rasterize(strokes, rec.config.raster).image
     with torch.inference_mode():
         imgs = torch.from_numpy(image)[None, None]
@@ -80,6 +81,7 @@ def main() -> int:
     parser.add_argument("--max-len", type=int, default=200)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--early-stopping", action="store_true", help="stop a direction once it has beam-size hypotheses")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.threads:
@@ -92,6 +94,7 @@ def main() -> int:
         rec = Recognizer.load(args.checkpoint, device="cpu")
         name = str(rec.path)
     rec.max_len = args.max_len
+    rec.early_stopping = args.early_stopping
     examples, _ = load_split(args.data, args.split, rec.vocab, limit=args.limit)
     rec.recognize(examples[0].strokes, args.beam)  # warm-up
     ours, base, same = [], [], 0

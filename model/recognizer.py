@@ -56,6 +56,7 @@ class Recognizer:
         self.meta = meta or {}
         self.path = path
         self.max_len = 200
+        self.early_stopping = False  # True: a direction stops once it holds beam_size finished hypotheses
         self._lock = threading.Lock()  # one decode at a time per model
 
     @classmethod
@@ -105,7 +106,8 @@ class Recognizer:
             timings["encode"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
             if beam_size > 1:
-                hyps = beam_search_memory(self.model, memory, mem_mask, self.vocab, beam_size, max_len)[0]
+                hyps = beam_search_memory(self.model, memory, mem_mask, self.vocab, beam_size, max_len,
+                                          early_stopping=self.early_stopping)[0]  # fmt: skip
                 nbest = [(list(h.ids), h.score) for h in hyps]
             else:
                 ids, logp = greedy_search(self.model, imgs, masks, self.vocab, max_len)[0]
