@@ -105,6 +105,21 @@ def symbol_size(strokes: Sequence[np.ndarray]) -> float:
     return span if span > 0 else 1.0
 
 
+def layout(strokes: list[np.ndarray], config: RasterConfig, scale_factor: float = 1.0) -> tuple[InkTransform, int, int]:
+    """Where cleaned strokes land: the ink -> pixel map and the image's height and width."""
+    points = np.concatenate(strokes)
+    lo = points.min(axis=0)
+    span = points.max(axis=0) - lo  # [w, h] in ink units
+    scale = config.symbol_px / symbol_size(strokes) * scale_factor
+    inner_w, inner_h = config.max_w - 2 * config.pad_px - 1, config.max_h - 2 * config.pad_px - 1
+    if span[0] * scale > inner_w or span[1] * scale > inner_h:
+        scale = min(inner_w / max(span[0], 1e-12), inner_h / max(span[1], 1e-12))
+    transform = InkTransform(scale=float(scale), origin_x=float(lo[0]), origin_y=float(lo[1]), pad=float(config.pad_px))
+    w = max(config.min_side, int(np.ceil(span[0] * scale)) + 2 * config.pad_px + 1)
+    h = max(config.min_side, int(np.ceil(span[1] * scale)) + 2 * config.pad_px + 1)
+    return transform, min(h, config.max_h), min(w, config.max_w)
+
+
 def rasterize(
     strokes: Sequence[np.ndarray | Sequence[Sequence[float]]],
     config: RasterConfig,
@@ -117,17 +132,7 @@ def rasterize(
     and the stroke thickness relative to the normalized size.
     """
     strokes = clean_strokes(strokes)
-    points = np.concatenate(strokes)
-    lo = points.min(axis=0)
-    span = points.max(axis=0) - lo  # [w, h] in ink units
-    scale = config.symbol_px / symbol_size(strokes) * scale_factor
-    inner_w, inner_h = config.max_w - 2 * config.pad_px - 1, config.max_h - 2 * config.pad_px - 1
-    if span[0] * scale > inner_w or span[1] * scale > inner_h:
-        scale = min(inner_w / max(span[0], 1e-12), inner_h / max(span[1], 1e-12))
-    transform = InkTransform(scale=float(scale), origin_x=float(lo[0]), origin_y=float(lo[1]), pad=float(config.pad_px))
-    w = max(config.min_side, int(np.ceil(span[0] * scale)) + 2 * config.pad_px + 1)
-    h = max(config.min_side, int(np.ceil(span[1] * scale)) + 2 * config.pad_px + 1)
-    w, h = min(w, config.max_w), min(h, config.max_h)
+    transform, h, w = layout(strokes, config, scale_factor)
 
     ss = SUPERSAMPLE
     canvas = Image.new("L", (w * ss, h * ss), 0)

@@ -21,7 +21,7 @@ from torch import Tensor
 from model.config import RasterConfig
 from model.hmer import Targets, bidirectional_targets
 from model.inkml import InkMLError, InkSample, parse_inkml
-from model.rasterize import InkError, clean_strokes, rasterize, symbol_size
+from model.rasterize import InkError, clean_strokes, layout, rasterize
 from model.vocab import UnknownTokenError, Vocabulary
 from train.augment import AugmentConfig, augment_strokes
 from train.latex import tokenize
@@ -133,16 +133,8 @@ def load_split(data_dir: str | Path, split: str, vocab: Vocabulary, limit: int |
 
 def nominal_size(strokes: Sequence[np.ndarray], config: RasterConfig) -> tuple[int, int]:
     """The (h, w) `rasterize` gives without augmentation, computed without drawing."""
-    strokes = clean_strokes(strokes)
-    pts = np.concatenate(strokes)
-    span = np.ptp(pts, axis=0)
-    scale = config.symbol_px / symbol_size(strokes)
-    inner_w, inner_h = config.max_w - 2 * config.pad_px - 1, config.max_h - 2 * config.pad_px - 1
-    if span[0] * scale > inner_w or span[1] * scale > inner_h:
-        scale = min(inner_w / max(span[0], 1e-12), inner_h / max(span[1], 1e-12))
-    w = max(config.min_side, int(np.ceil(span[0] * scale)) + 2 * config.pad_px + 1)
-    h = max(config.min_side, int(np.ceil(span[1] * scale)) + 2 * config.pad_px + 1)
-    return min(h, config.max_h), min(w, config.max_w)
+    _, h, w = layout(clean_strokes(strokes), config)
+    return h, w
 
 
 class InkDataset(torch.utils.data.Dataset):
