@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from platformdirs import user_config_dir, user_data_dir
+
+from model.atomic import atomic_write
 
 APP = "hmer"
 
@@ -61,17 +62,8 @@ class SettingsStore:
 
     def save(self, settings: Settings) -> None:
         """Atomic: a crash leaves the previous file."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".settings.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(asdict(settings.validated()), f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        text = json.dumps(asdict(settings.validated()), indent=2).encode("utf-8")
+        atomic_write(self.path, lambda f: f.write(text))
 
     def reset(self) -> Settings:
         self.save(Settings())

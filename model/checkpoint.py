@@ -12,14 +12,13 @@ Training state (optimizer, scheduler, RNG) lives in the trainer's own files.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from model.atomic import atomic_write
 from model.config import HMERConfig
 from model.hmer import HMER
 from model.vocab import Vocabulary
@@ -33,22 +32,8 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`.
-
-    A crash or a full disk mid-way leaves any previous file at `path` intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save, atomically: a crash or a full disk leaves any previous file intact."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(

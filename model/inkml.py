@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 import numpy as np
+
+from model.atomic import atomic_write
 
 NS = "{http://www.w3.org/2003/InkML}"
 
@@ -134,14 +134,4 @@ def write_inkml(path: str | Path, traces: list[np.ndarray], truth: str | None, w
     """Write atomically: a crash leaves any previous file intact."""
     path = Path(path)
     data = inkml_text(traces, truth, writer, ui=path.stem).encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(data))
