@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("pytestqt")
-from PySide6.QtCore import QPointF, Qt  # noqa: E402
-from PySide6.QtGui import QGuiApplication, QMouseEvent  # noqa: E402
+from PySide6.QtCore import QEvent, QPointF, Qt  # noqa: E402
+from PySide6.QtGui import QEnterEvent, QGuiApplication, QMouseEvent  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from hmer_desktop.main_window import MainWindow  # noqa: E402
@@ -136,6 +136,12 @@ def test_selecting_a_token_changes_the_heatmap_overlay(qtbot, make_window):
     window.attention._buttons[2].click()
     assert window.canvas._overlay != first
     assert window.attention.selected == 2 and "token 3/" in window.attention.caption.text()
+    selected_overlay = window.canvas._overlay.copy()
+    button = window.attention._buttons[0]
+    QApplication.sendEvent(button, QEnterEvent(QPointF(2, 2), QPointF(2, 2), QPointF(2, 2)))  # hover previews ...
+    assert window.canvas._overlay == first and "token 1/" in window.attention.caption.text()
+    QApplication.sendEvent(button, QEvent(QEvent.Type.Leave))  # ... and leaving restores the selection
+    assert window.canvas._overlay == selected_overlay and window.attention.selected == 2
 
 
 def test_copy_buttons_put_the_right_text_on_the_clipboard(qtbot, make_window):

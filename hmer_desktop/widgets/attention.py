@@ -14,6 +14,24 @@ from hmer_desktop.widgets.heat import gray_qimage, heat_rgba, to_qimage, upsampl
 from model.prediction import Prediction
 
 
+class _TokenButton(QToolButton):
+    """A token of the strip; hovering previews its attention."""
+
+    hovered = Signal(int)  # the token's index, or -1 when the pointer leaves
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def enterEvent(self, event) -> None:  # noqa: N802 (Qt names)
+        self.hovered.emit(self.index)
+        super().enterEvent(event)
+
+    def leaveEvent(self, event) -> None:  # noqa: N802
+        self.hovered.emit(-1)
+        super().leaveEvent(event)
+
+
 def confidence_color(p: float) -> QColor:
     """Red (unsure) through amber to green (sure)."""
     p = float(np.clip(p, 0.0, 1.0))
@@ -27,7 +45,7 @@ class AttentionPanel(QWidget):
         super().__init__(parent)
         self.prediction: Prediction | None = None
         self.selected = -1
-        self._buttons: list[QToolButton] = []
+        self._buttons: list[_TokenButton] = []
         self._group = QButtonGroup(self)
         self._group.setExclusive(True)
         self._group.idClicked.connect(self.select)
@@ -76,7 +94,8 @@ class AttentionPanel(QWidget):
             self.caption.setText("")
             return
         for i, (tok, p) in enumerate(zip(prediction.tokens, prediction.token_probs)):
-            b = QToolButton()
+            b = _TokenButton(i)
+            b.hovered.connect(self._hover)
             b.setText(tok)
             b.setCheckable(True)
             b.setToolTip(f"{tok}: p = {p:.3f}")
@@ -98,6 +117,14 @@ class AttentionPanel(QWidget):
             self._buttons[index].setChecked(True)
         self._render(index)
         self.token_selected.emit(index)
+
+    def _hover(self, index: int) -> None:
+        """Preview a hovered token; leaving shows the selected one again."""
+        if self.prediction is None:
+            return
+        shown = index if index >= 0 else self.selected
+        self._render(shown)
+        self.token_selected.emit(shown)
 
     def heat_for(self, index: int) -> np.ndarray | None:
         """Attention of token `index` at the model input's resolution."""
