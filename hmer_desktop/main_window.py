@@ -169,6 +169,8 @@ class MainWindow(QMainWindow):
         bar.addAction(self.act_sample)
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction(action("About the model", self.show_about))
+        help_menu.addAction(action("Reset preferences", self.reset_preferences,
+                                   tip="Back to the default settings and the bundled model"))  # fmt: skip
         self.addActions([self.act_undo, self.act_redo, self.act_clear, self.act_eraser, self.act_recognize])
         self._update_actions()
 
@@ -370,6 +372,13 @@ class MainWindow(QMainWindow):
         self.act_live.setChecked(new.live)
         if model_changed:
             self.use_model(Path(new.checkpoint) if new.checkpoint else None)
+
+    def reset_preferences(self) -> None:
+        """The way out of a broken settings file or a checkpoint that no longer loads."""
+        self.settings_store.reset()
+        self.hide_error()
+        self.apply_settings(Settings())
+        self.use_model(None)
 
     def show_about(self) -> None:
         from model.paths import asset_path

@@ -326,3 +326,15 @@ def test_a_greedy_preview_comes_first_then_the_beam_result(qtbot, make_window):
     qtbot.waitUntil(lambda: len(shown) >= 2, timeout=30_000)
     assert shown[0] == 1  # the instant greedy reading has no alternatives
     assert shown[-1] > 1 and window.results.latex.text() == "1 + 2"
+
+
+def test_a_corrupt_settings_file_is_reported_and_reset_is_the_way_out(qtbot, tmp_path, tiny_checkpoint):
+    (tmp_path / "settings.json").write_text("{ broken")
+    store = SettingsStore(tmp_path / "settings.json")
+    service = RecognitionService(tiny_checkpoint, "cpu")
+    window = MainWindow(service, store, SampleStore(tmp_path / "s.db"))
+    qtbot.addWidget(window)
+    assert "could not be read" in window.error_banner.text()
+    window.reset_preferences()
+    assert SettingsStore(tmp_path / "settings.json").load() == Settings() and window.service.checkpoint is None
+    window.close()
