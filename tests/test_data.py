@@ -90,3 +90,21 @@ def test_augmentation_is_reproducible_per_epoch_and_collate_pads_with_a_mask():
     assert batch.imgs.shape[0] == 2 and batch.targets.tgt.shape[0] == 4
     h0, w0 = ds[0][0].shape
     assert not batch.masks[0, :h0, :w0].any() and batch.masks[0].sum() == batch.masks.shape[1] * batch.masks.shape[2] - h0 * w0
+
+
+def test_elastic_warp_moves_points_smoothly_and_keeps_the_strokes():
+    from train.augment import augment_strokes
+
+    strokes = ink_for("x ^ { 2 } = y", size=10.0)
+    cfg = AugmentConfig(scale=(1.0, 1.0), elastic=0.1)
+    warped, _, _ = augment_strokes(strokes, cfg, np.random.default_rng(0))
+    assert [len(s) for s in warped] == [len(s) for s in strokes]
+    shift = np.concatenate([w - s for w, s in zip(warped, strokes)])
+    assert 0 < np.abs(shift).max() < 0.5 * 10.0  # visible, but far less than a symbol
+    # smooth: neighbouring pen samples move much less apart than they are apart (no zigzags)
+    for w, s in zip(warped, strokes):
+        step = np.linalg.norm(np.diff(s, axis=0), axis=1)
+        change = np.linalg.norm(np.diff(w - s, axis=0), axis=1)
+        assert (change <= 0.5 * step + 1e-9).all()
+    same, _, _ = augment_strokes(strokes, AugmentConfig(scale=(1.0, 1.0)), np.random.default_rng(0))
+    assert all(a is b for a, b in zip(same, strokes))
