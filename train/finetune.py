@@ -23,6 +23,7 @@ import torch
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.greedy import greedy_search
 from model.hmer import HMER
+from model.recognizer import length_limit
 from model.vocab import Vocabulary
 from train.augment import AugmentConfig
 from train.data import Example, InkDataset, collate
@@ -85,8 +86,10 @@ def exprate(model: HMER, vocab: Vocabulary, examples: list[Example], batch: int 
     counter = ExpRateCounter()
     ds = InkDataset(examples, vocab, model.config.raster, augment=None)
     for start in range(0, len(examples), batch):
-        b = collate([ds[i] for i in range(start, min(len(examples), start + batch))], vocab)
-        for (ids, _), truth in zip(greedy_search(model, b.imgs, b.masks, vocab), b.seqs):
+        chunk = range(start, min(len(examples), start + batch))
+        b = collate([ds[i] for i in chunk], vocab)
+        limit = max(length_limit(len(examples[i].strokes)) for i in chunk)  # as the app decodes
+        for (ids, _), truth in zip(greedy_search(model, b.imgs, b.masks, vocab, max_len=limit), b.seqs):
             counter.add(ids, truth)
     return counter.rate(0)
 
