@@ -45,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint or _active_version(samples) or settings.checkpoint or None
     service = RecognitionService(Path(checkpoint) if checkpoint else None, args.device or settings.device)
     window = MainWindow(service, store, samples)
-    window.setAcceptDrops(True)
     window.show()
     if args.smoke_test:
         return _smoke_test(app, window, Path(args.smoke_test), args.screenshot, args.timeout)

@@ -57,6 +57,7 @@ class MainWindow(QMainWindow):
     ) -> None:
         super().__init__()
         self.setWindowTitle("hmer — handwritten math to LaTeX")
+        self.setAcceptDrops(True)  # InkML files and images
         self.service = service
         self.settings_store = settings_store or SettingsStore()
         self.settings: Settings = self.settings_store.load()
