@@ -338,3 +338,19 @@ def test_a_corrupt_settings_file_is_reported_and_reset_is_the_way_out(qtbot, tmp
     window.reset_preferences()
     assert SettingsStore(tmp_path / "settings.json").load() == Settings() and window.service.checkpoint is None
     window.close()
+
+
+def test_dropping_an_inkml_file_loads_its_ink(qtbot, make_window, tmp_path):
+    from PySide6.QtCore import QMimeData, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    path = tmp_path / "dropped.inkml"
+    write_inkml(path, ink_for("1 + 2", size=0.01), None)  # tiny units: the canvas rescales them
+    window = make_window(live=False)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    event = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(window, event)
+    assert len(window.document.strokes) == len(ink_for("1 + 2"))
+    x0, y0, x1, y1 = window.document.bounds()
+    assert y1 - y0 > 50  # drawn at a readable size
