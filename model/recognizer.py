@@ -66,9 +66,9 @@ class Recognizer:
             path = asset_path(BUNDLED_CHECKPOINT)
             if not path.exists():
                 raise CheckpointError(
-                    f"no bundled model at {path}. Train one with `hmer-train --config cpu_small "
-                    "--data DIR --out RUN` and pass RUN/best.pt with --checkpoint, or restore "
-                    f"assets/{BUNDLED_CHECKPOINT} from the repository."
+                    f"no bundled model at {path}. Pass a checkpoint with --checkpoint (in the app: "
+                    "Preferences → Checkpoint), or train one: `hmer-train --config cpu_small --data DIR "
+                    "--out RUN` writes RUN/best.pt."
                 )
         path = Path(path)
         model, vocab, meta = load_checkpoint(path)
