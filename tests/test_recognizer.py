@@ -133,3 +133,11 @@ def test_beam_search_never_returns_special_tokens_and_stops_early(recognizer):
         assert not specials & set(alt.tokens), alt.latex
     assert all(len(a.tokens) < recognizer.max_len for a in pred.alternatives)
     assert elapsed < 30  # a hang guard, not a speed target
+
+
+def test_without_a_bundled_model_the_error_says_what_to_do(tmp_path, monkeypatch):
+    import model.recognizer as recognizer_module
+
+    monkeypatch.setattr(recognizer_module, "asset_path", lambda name: tmp_path / name)
+    with pytest.raises(CheckpointError, match="--checkpoint.*hmer-train"):
+        Recognizer.load()
