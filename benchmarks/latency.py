@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model.beam import beam_search_memory  # noqa: E402
 from model.config import HMERConfig  # noqa: E402
 from model.hmer import HMER  # noqa: E402
-from model.paths import BUNDLED_CHECKPOINT, asset_path  # noqa: E402
+from model.paths import BUNDLED_CHECKPOINT  # noqa: E402
 from model.rasterize import rasterize  # noqa: E402
 from model.recognizer import Recognizer, length_limit  # noqa: E402
 from model.vocab import Vocabulary  # noqa: E402

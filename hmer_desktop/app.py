@@ -23,7 +23,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="with --smoke-test: seconds to wait")
     args = parser.parse_args(argv)
 
-    from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
     from hmer_desktop.main_window import MainWindow

@@ -87,9 +87,3 @@ class HMER(nn.Module):
         return total, {"loss": float(total.detach()), "loss_main": float(main_loss.detach()),
                        "loss_aux": float(aux_loss.detach())}  # fmt: skip
 
-    def forward_loss(
-        self, imgs: Tensor, masks: Tensor, targets: Targets
-    ) -> tuple[tuple[Tensor, Tensor], Tensor, dict[str, float]]:
-        main, aux = self(imgs, masks, targets.tgt)
-        loss, parts = self.loss(main, aux, targets)
-        return (main, aux), loss, parts

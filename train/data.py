@@ -8,7 +8,6 @@ the ground truth when present; otherwise the InkML truth is tokenized.
 from __future__ import annotations
 
 import logging
-import math
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -237,6 +236,3 @@ def size_batches(
         batches = [batches[i] for i in perm]
     return batches
 
-
-def steps_per_epoch(n_batches: int, world_size: int) -> int:
-    return math.ceil(n_batches / world_size)
