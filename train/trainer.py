@@ -135,6 +135,8 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.optimizer = self._make_optimizer()
+        # batches per epoch barely vary with the shuffle; computed once for the cosine schedule
+        self._steps_per_epoch = max(1, len(self._epoch_batches(0)) // self.dist.world_size)
         self.plateau = _Plateau(cfg.schedule.factor, cfg.schedule.patience)
         self.ema: dict[str, torch.Tensor] | None = None
         if cfg.loop.ema_decay > 0:
@@ -178,7 +180,7 @@ class Trainer:
         if s.kind == "plateau":
             lr *= self.plateau.scale
         elif s.kind == "cosine":
-            total = self.cfg.loop.max_steps or self.cfg.loop.max_epochs * max(1, len(self._epoch_batches(0)) // self.dist.world_size)
+            total = self.cfg.loop.max_steps or self.cfg.loop.max_epochs * self._steps_per_epoch
             progress = min(1.0, self.step / max(1, total))
             lr = s.min_lr + (lr - s.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
         elif s.kind != "constant":
