@@ -52,7 +52,7 @@ class FullPrefixDecoder:
     def start(self, memory, memory_mask, image_index) -> _PrefixState:
         return _PrefixState(memory, memory_mask, image_index, torch.zeros(len(image_index), 0, dtype=torch.long))
 
-    def step(self, state: _PrefixState, tokens: torch.Tensor):
+    def step(self, state: _PrefixState, tokens: torch.Tensor, need_aux: bool = True):
         state.prefix = torch.cat((state.prefix, tokens[:, None]), dim=1)
         idx = state.image_index
         main, aux, _ = self.model.decoder(state.memory[idx], state.memory_mask[idx], state.prefix)

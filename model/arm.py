@@ -98,14 +98,15 @@ class AttentionRefinementModule(nn.Module):
         self.proj = nn.Conv2d(config.dc, config.nhead, kernel_size=1, bias=False)
         self.post_norm = MaskedBatchNorm(config.nhead)
 
-    def coverage_input(self, prev: Tensor | None, curr: Tensor | None) -> Tensor:
-        """Stack the coverage maps this ARM reads: [n, H, L] each -> [n, k*H, L]."""
+    def coverage_input(self, prev: Tensor | None, curr: Tensor | None, dim: int = 1) -> Tensor:
+        """Stack the coverage maps this ARM reads along the heads dimension `dim`:
+        [n, H, L] each -> [n, k*H, L] (and likewise with more leading dimensions)."""
         parts = []
         if self.cross_coverage:
             parts.append(prev)
         if self.self_coverage:
             parts.append(curr)
-        return torch.cat(parts, dim=1)
+        return torch.cat(parts, dim=dim)
 
     def forward(self, coverage: Tensor, mask: Tensor | None) -> Tensor:
         # coverage: [n, k*H, h, w] attention summed over the past steps; mask: [n, 1, h, w] or None

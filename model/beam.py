@@ -90,7 +90,7 @@ def _search(
     active = list(range(n_groups))  # groups still searching, in batch order
     cur_len = 1
     while cur_len < max_len and active:
-        logits, _, _ = decoder.step(state, last)
+        logits, _, _ = decoder.step(state, last, need_aux=False)
         scores = F.log_softmax(logits.float(), dim=-1) + beam_scores[:, None]  # [n, V]
         v = scores.shape[-1]
         width = scores.shape[0] // len(active)
@@ -178,10 +178,23 @@ def beam_search(
     max_len: int = 200,
     alpha: float = 1.0,
     early_stopping: bool = False,
+    nbest: int | None = None,
 ) -> list[list[Hypothesis]]:
-    """n-best hypotheses per image, best first, each token sequence once."""
+    """n-best hypotheses per image, best first, each token sequence once (see
+    `beam_search_memory` for `nbest`)."""
     memory, mem_mask = model.encode(imgs, masks)
-    return beam_search_memory(model, memory, mem_mask, vocab, beam_size, max_len, alpha, early_stopping)
+    return beam_search_memory(model, memory, mem_mask, vocab, beam_size, max_len, alpha, early_stopping, nbest=nbest)
+
+
+@dataclass
+class _Found:
+    """One finished hypothesis of one direction's search."""
+
+    image: int
+    direction: str
+    ids: tuple[int, ...]  # left-to-right
+    score: float  # length-normalized log-probability in its own direction
+    total: float | None = None  # plus the opposite direction's, once known
 
 
 @torch.no_grad()
@@ -195,37 +208,79 @@ def beam_search_memory(
     alpha: float = 1.0,
     early_stopping: bool = False,
     decoder: Any = None,
+    nbest: int | None = None,
 ) -> list[list[Hypothesis]]:
+    """Search both directions, then add to each hypothesis the opposite direction's
+    score and rank by the sum.
+
+    nbest None rescores every hypothesis with a full decoder pass, as the
+    reference does. A number returns exactly the `nbest` best (the same ones, with
+    the same totals, up to float rounding) for much less work, because:
+    a sequence that both directions found already has both scores, and a
+    hypothesis whose own score is below the nbest-th known total cannot enter the
+    top, since the other direction's log-probability is at most 0.
+    """
     b = memory.shape[0]
     groups = _search(model, memory, mem_mask, vocab, beam_size, max_len, alpha, early_stopping, decoder)
-    # every hypothesis, in left-to-right order, with its image and direction
-    items: list[tuple[int, str, list[int], float]] = []
+    found: list[_Found] = []
     for g, group in enumerate(groups):
         image, direction = g % b, ("l2r" if g < b else "r2l")
         for score, ids in group.beams:
             body = ids[1:]
-            items.append((image, direction, body if direction == "l2r" else body[::-1], score))
-    # rescore each with the opposite direction: l2r hypotheses are read right-to-left
-    totals = [0.0] * len(items)
-    for direction in ("l2r", "r2l"):
-        chosen = [i for i, it in enumerate(items) if it[1] == direction]
-        if not chosen:
-            continue
-        image = torch.tensor([items[i][0] for i in chosen], device=memory.device)
-        reverse_scores = rate(
-            model, memory[image], mem_mask[image], [items[i][2] for i in chosen], vocab,
-            reverse=(direction == "l2r"), alpha=alpha,
-        ).tolist()  # fmt: skip
-        for i, r in zip(chosen, reverse_scores):
-            totals[i] = items[i][3] + r
+            found.append(_Found(image, direction, tuple(body if direction == "l2r" else body[::-1]), score))
+    if nbest is None:
+        _rescore(model, memory, mem_mask, vocab, alpha, found)
+    else:
+        _rescore_top(model, memory, mem_mask, vocab, alpha, found, nbest)
     results: list[list[Hypothesis]] = []
     for image in range(b):
         best: dict[tuple[int, ...], Hypothesis] = {}
-        for (img, direction, ids, _), total in zip(items, totals):
-            if img != image:
+        for f in found:
+            if f.image != image or f.total is None:
                 continue
-            key = tuple(ids)
-            if key not in best or total > best[key].score:
-                best[key] = Hypothesis(key, total, direction)
-        results.append(sorted(best.values(), key=lambda h: -h.score))
+            if f.ids not in best or f.total > best[f.ids].score:
+                best[f.ids] = Hypothesis(f.ids, f.total, f.direction)
+        ranked = sorted(best.values(), key=lambda h: -h.score)
+        results.append(ranked if nbest is None else ranked[:nbest])
     return results
+
+
+def _rescore(
+    model: HMER, memory: Tensor, mem_mask: Tensor, vocab: Vocabulary, alpha: float, items: list[_Found]
+) -> None:
+    """Set `total` of each item: its score plus the opposite direction's, one decoder pass per direction."""
+    for direction in ("l2r", "r2l"):
+        chosen = [f for f in items if f.direction == direction]
+        if not chosen:
+            continue
+        image = torch.tensor([f.image for f in chosen], device=memory.device)
+        reverse = rate(model, memory[image], mem_mask[image], [f.ids for f in chosen], vocab,
+                       reverse=(direction == "l2r"), alpha=alpha).tolist()  # fmt: skip
+        for f, r in zip(chosen, reverse):
+            f.total = f.score + r
+
+
+def _rescore_top(
+    model: HMER, memory: Tensor, mem_mask: Tensor, vocab: Vocabulary, alpha: float, found: list[_Found], nbest: int
+) -> None:
+    """Set `total` for every hypothesis that can be among the `nbest` best of its image."""
+    by_key: dict[tuple[int, tuple[int, ...]], dict[str, _Found]] = {}
+    for f in found:
+        by_key.setdefault((f.image, f.ids), {})[f.direction] = f
+    pending: list[_Found] = []
+    for both in by_key.values():
+        if len(both) == 2:  # each direction has scored this sequence already
+            total = both["l2r"].score + both["r2l"].score
+            both["l2r"].total = both["r2l"].total = total
+        else:
+            pending.extend(both.values())
+    # The nbest-th best total known per image is a floor nothing with a lower own score can
+    # beat. One pass over everything above it: measured, several small passes cost more than
+    # they prune.
+    known: dict[int, list[float]] = {}
+    for both in by_key.values():
+        f = next(iter(both.values()))
+        if f.total is not None:
+            known.setdefault(f.image, []).append(f.total)
+    floor = {i: sorted(t, reverse=True)[nbest - 1] for i, t in known.items() if len(t) >= nbest}
+    _rescore(model, memory, mem_mask, vocab, alpha, [f for f in pending if f.score > floor.get(f.image, float("-inf"))])

@@ -108,47 +108,48 @@ class DecoderState:
     """What `Decoder.step` needs to extend n sequences by one token.
 
     Sequence i reads the image `image_index[i]`; cross-attention keys/values are
-    kept per image, never per hypothesis.
+    kept per image, never per hypothesis. Everything per sequence lives in two
+    tensors, so a beam-search reorder is two gathers whatever the depth.
     """
 
-    memory_mask: Tensor  # [B, L] True = padding
+    memory_mask: Tensor | None  # [B, L] True = padding; None when nothing is padded
     height: int  # rows of the encoder grid (L = height * width)
     image_index: Tensor  # [n] image of each sequence
-    cross_kv: list[tuple[Tensor, Tensor]]  # per layer, [B, H, L, dh] each
-    self_kv: list[tuple[Tensor, Tensor]]  # per layer, [n, H, t, dh] each
-    cov_final: list[Tensor]  # per layer, [n, H, L]: sum of past refined attention
-    cov_raw: list[Tensor]  # per layer, [n, H, L]: sum of past unrefined attention
+    cross_k: Tensor  # [layers, B, H, dh, L] keys, transposed for q @ k
+    cross_v: Tensor  # [layers, B, H, L, dh]
+    self_kv: Tensor  # [n, layers, 2, H, capacity, dh]; positions < length are filled
+    coverage: Tensor  # [n, 2, layers, H, L]: sums of past refined (0) and raw (1) attention
     length: int = 0  # tokens consumed so far
-
-    @property
-    def padded(self) -> bool:
-        return self._padded
-
-    def __post_init__(self) -> None:
-        self._padded = bool(self.memory_mask.any())
 
     def reorder(self, index: Tensor) -> None:
         """Keep sequences `index` (beam search survivors), in that order."""
-        self.image_index = self.image_index[index]
-        self.self_kv = [(k[index], v[index]) for k, v in self.self_kv]
-        self.cov_final = [c[index] for c in self.cov_final]
-        self.cov_raw = [c[index] for c in self.cov_raw]
+        self.image_index = self.image_index.index_select(0, index)
+        self.self_kv = self.self_kv.index_select(0, index)
+        self.coverage = self.coverage.index_select(0, index)
+
+    def grow(self, slots: int = 8) -> None:
+        """Make room for one more position in the self-attention cache. It grows by a
+        few slots at a time, not by doubling: every reorder copies the whole cache."""
+        if self.length < self.self_kv.shape[4]:
+            return
+        old = self.self_kv
+        shape = list(old.shape)
+        shape[4] += slots
+        self.self_kv = old.new_zeros(shape)
+        self.self_kv[:, :, :, :, : old.shape[4]] = old
 
 
-def _cross_logits(q: Tensor, k: Tensor, image_index: Tensor) -> Tensor:
-    """q [n, H, 1, dh] against per-image keys k [B, H, L, dh] -> [n, H, 1, L]."""
-    if k.shape[0] == 1:  # one image (the app): all sequences share its keys, no copies
-        return (q[:, :, 0].transpose(0, 1) @ k[0].transpose(-1, -2)).transpose(0, 1)[:, :, None]
-    return q @ k[image_index].transpose(-1, -2)
+def _per_sequence(x: Tensor, image_index: Tensor) -> Tensor:
+    """Per-image tensor [B, ...] -> per-sequence [n, ...]."""
+    return x if x.shape[0] == 1 and image_index.shape[0] == 1 else x[image_index]
 
 
-def _cross_values(attn: Tensor, v: Tensor, image_index: Tensor) -> Tensor:
-    """attn [n, H, 1, L] over per-image values v [B, H, L, dh] -> merged heads [n, 1, d]."""
-    if v.shape[0] == 1:
-        out = (attn[:, :, 0].transpose(0, 1) @ v[0]).transpose(0, 1)  # [n, H, dh]
-    else:
-        out = (attn @ v[image_index])[:, :, 0]
-    return out.reshape(out.shape[0], 1, -1)
+def _per_image_matmul(a: Tensor, b: Tensor, image_index: Tensor) -> Tensor:
+    """a [n, H, r] @ per-image b [B, H, r, c] -> [n, H, c], sequence i using image_index[i].
+    With one image (the app) all sequences share b: one batched matmul over heads, no copies."""
+    if b.shape[0] == 1:
+        return (a.transpose(0, 1) @ b[0]).transpose(0, 1)  # [H, n, r] @ [H, r, c] -> [n, H, c]
+    return (a[:, :, None] @ b[image_index])[:, :, 0]
 
 
 class Decoder(nn.Module):
@@ -228,53 +229,76 @@ class Decoder(nn.Module):
         """An empty cache for sequences reading images `image_index` of `memory`."""
         b, height, width, d = memory.shape
         mem = memory.reshape(b, height * width, d)
-        n = image_index.shape[0]
-        empty = mem.new_zeros(n, self.nhead, 0, d // self.nhead)
-        zeros = mem.new_zeros(n, self.nhead, height * width)
+        n, layers = image_index.shape[0], len(self.layers)
+        keys, values = zip(*(layer.multihead_attn.project_kv(mem) for layer in self.layers))  # [B, H, L, dh] each
+        mask = memory_mask.reshape(b, height * width)
         return DecoderState(
-            memory_mask=memory_mask.reshape(b, height * width),
+            memory_mask=mask if bool(mask.any()) else None,
             height=height,
             image_index=image_index,
-            cross_kv=[layer.multihead_attn.project_kv(mem) for layer in self.layers],
-            self_kv=[(empty, empty) for _ in self.layers],
-            cov_final=[zeros for _ in self.layers],
-            cov_raw=[zeros for _ in self.layers],
+            cross_k=torch.stack(keys).transpose(-1, -2).contiguous(),
+            cross_v=torch.stack(values),
+            self_kv=mem.new_zeros(n, layers, 2, self.nhead, 8, d // self.nhead),
+            coverage=mem.new_zeros(n, 2, layers, self.nhead, height * width),
         )
 
+    def _step_penalties(self, state: DecoderState) -> Tensor:
+        """The ARM's penalty for every layer after the first, all in one call: it reads
+        only coverage of earlier steps, which is known before this step runs.
+        Returns [n, layers-1, H, L]."""
+        cov = state.coverage  # [n, 2, layers, H, L]
+        n, _, layers, heads, length = cov.shape
+        # layer i reads the refined coverage of layer i-1 and the raw coverage of itself
+        arm_in = self.arm.coverage_input(cov[:, 0, :-1], cov[:, 1, 1:], dim=2)  # [n, layers-1, k*H, L]
+        arm_in = arm_in.reshape(n * (layers - 1), -1, state.height, length // state.height)
+        mask = None
+        if state.memory_mask is not None:
+            mask = _per_sequence(state.memory_mask, state.image_index)  # [n, L]
+            mask = mask.view(n, 1, 1, state.height, -1).expand(n, layers - 1, 1, state.height, -1)
+            mask = mask.reshape(n * (layers - 1), 1, state.height, -1)
+        return self.arm(arm_in, mask).view(n, layers - 1, heads, length)
+
     @torch.no_grad()
-    def step(self, state: DecoderState, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Feed one token per sequence; returns main and auxiliary logits [n, V]
-        and the last layer's refined attention [n, H, L]. Updates `state`."""
-        x = self.embed(tokens[:, None], start=state.length)  # [n, 1, d]
+    def step(self, state: DecoderState, tokens: Tensor, need_aux: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Feed one token per sequence; returns main logits [n, V], auxiliary logits
+        [n, V] (None unless `need_aux`) and the last layer's refined attention
+        [n, H, L]. Updates `state`. Runs the model in evaluation mode only."""
+        if self.training:
+            raise RuntimeError("Decoder.step is for inference: call model.eval() first")
+        n, t = tokens.shape[0], state.length
+        state.grow()
+        x = self.embed(tokens[:, None], start=t)[:, 0]  # [n, d]
         idx = state.image_index
-        # Without padding (one image, as in the app) there is nothing to mask.
-        seq_mask = state.memory_mask[idx] if state.padded else None  # [n, L]
-        cross_mask = seq_mask[:, None, None, :] if seq_mask is not None else None  # [n, 1, 1, L]
-        finals, raws = [], []
-        attn = None
+        mask = _per_sequence(state.memory_mask, idx)[:, None] if state.memory_mask is not None else None  # [n, 1, L]
+        penalties = self._step_penalties(state) if self.arm is not None else None  # [n, layers-1, H, L]
+        heads, dh = self.nhead, x.shape[-1] // self.nhead
+        attn_sums = []
+        attn = x
         for i, layer in enumerate(self.layers):
-            k_new, v_new = layer.self_attn.project_kv(x)
-            k_old, v_old = state.self_kv[i]
-            k, v = torch.cat((k_old, k_new), dim=2), torch.cat((v_old, v_new), dim=2)
-            state.self_kv[i] = (k, v)
-            x = layer.self_block(x, k, v, None)
+            # self-attention over the cached prefix and this token
+            sa = layer.self_attn
+            qkv = F.linear(x, sa.in_proj_weight, sa.in_proj_bias).view(n, 3, heads, dh)  # [n, 3, H, dh]
+            state.self_kv[:, i, :, :, t] = qkv[:, 1:]
+            k, v = state.self_kv[:, i, 0, :, : t + 1], state.self_kv[:, i, 1, :, : t + 1]  # [n, H, t+1, dh]
+            out = F.scaled_dot_product_attention(qkv[:, 0, :, None], k, v)  # [n, H, 1, dh]
+            x = layer.norm1(x + sa.out_proj(out.reshape(n, -1)))
+            # cross-attention, refined by the coverage penalty after the first layer
             mha = layer.multihead_attn
-            q = mha.project_q(x)  # [n, H, 1, dh]
-            ck, cv = state.cross_kv[i]
-            logits = _cross_logits(q, ck, idx)  # [n, H, 1, L]
-            raw = mha.probs(logits, cross_mask)
+            d = x.shape[-1]
+            q = F.linear(x, mha.in_proj_weight[:d], mha.in_proj_bias[:d]).view(n, heads, dh) * dh**-0.5
+            logits = _per_image_matmul(q, state.cross_k[i], idx)  # [n, H, L]
+            if mask is not None:
+                logits = logits.masked_fill(mask, float("-inf"))
+            raw = torch.softmax(logits, dim=-1)
             attn = raw
-            if i > 0 and self.arm is not None:
-                prev_cov = state.cov_final[i - 1][:, :, None]  # [n, H, 1, L]
-                curr_cov = state.cov_raw[i][:, :, None]
-                logits = self._refine(logits, prev_cov, curr_cov, seq_mask, state.height)
-                attn = mha.probs(logits, cross_mask)
-            raws.append(raw[:, :, 0])
-            finals.append(attn[:, :, 0])
-            x = layer.norm2(x + layer.dropout(mha.out_proj(_cross_values(attn, cv, idx))))
-            x = layer.feed_forward(x)
-        state.cov_final = [c + a for c, a in zip(state.cov_final, finals)]
-        state.cov_raw = [c + a for c, a in zip(state.cov_raw, raws)]
+            if penalties is not None and i > 0:
+                attn = torch.softmax(logits - penalties[:, i - 1], dim=-1)
+            attn_sums.append(attn)
+            attn_sums.append(raw)
+            ctx = _per_image_matmul(attn, state.cross_v[i], idx)  # [n, H, dh]
+            x = layer.norm2(x + mha.out_proj(ctx.reshape(n, -1)))
+            x = layer.norm3(x + layer.linear2(F.relu(layer.linear1(x))))
+        layers = len(self.layers)
+        state.coverage += torch.stack(attn_sums, dim=1).view(n, layers, 2, heads, -1).transpose(1, 2)
         state.length += 1
-        x = x[:, 0]
-        return self.head(x), self.aux_head(x), attn[:, :, 0]
+        return self.head(x), (self.aux_head(x) if need_aux else None), attn

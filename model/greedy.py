@@ -22,7 +22,7 @@ def greedy_search(
     logp = torch.zeros(b, device=memory.device)
     finished = torch.zeros(b, dtype=torch.bool, device=memory.device)
     for _ in range(max_len):
-        logits, _, _ = model.decoder.step(state, last)
+        logits, _, _ = model.decoder.step(state, last, need_aux=False)
         step_logp, last = torch.log_softmax(logits.float(), dim=-1).max(dim=-1)
         logp = logp + torch.where(finished, 0.0, step_logp)
         last = torch.where(finished, vocab.pad_id, last)

@@ -51,12 +51,16 @@ class Recognizer:
         path: Path | None = None,
     ) -> None:  # fmt: skip
         self.model = model.to(device).eval()
+        if device.type == "cpu":
+            # oneDNN's convolutions run faster on NHWC: measured 9.6 -> 7.3 ms per encode
+            self.model.encoder.to(memory_format=torch.channels_last)
         self.vocab = vocab
         self.device = device
         self.meta = meta or {}
         self.path = path
         self.max_len = 200
         self.early_stopping = False  # True: a direction stops once it holds beam_size finished hypotheses
+        self.nbest = 5  # alternatives offered; only hypotheses that can be among them are rescored
         self._lock = threading.Lock()  # one decode at a time per model
 
     @classmethod
@@ -100,6 +104,8 @@ class Recognizer:
     ) -> Prediction:  # fmt: skip
         with self._lock:
             imgs = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.device)
+            if self.device.type == "cpu":
+                imgs = imgs.contiguous(memory_format=torch.channels_last)
             masks = torch.zeros(1, *image.shape, dtype=torch.bool, device=self.device)
             t = time.perf_counter()
             memory, mem_mask = self.model.encode(imgs, masks)
@@ -107,7 +113,7 @@ class Recognizer:
             t = time.perf_counter()
             if beam_size > 1:
                 hyps = beam_search_memory(self.model, memory, mem_mask, self.vocab, beam_size, max_len,
-                                          early_stopping=self.early_stopping)[0]  # fmt: skip
+                                          early_stopping=self.early_stopping, nbest=self.nbest)[0]  # fmt: skip
                 nbest = [(list(h.ids), h.score) for h in hyps]
             else:
                 ids, logp = greedy_search(self.model, imgs, masks, self.vocab, max_len)[0]

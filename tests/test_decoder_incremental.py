@@ -10,12 +10,15 @@ from model.hmer import HMER
 
 def _model(**changes) -> HMER:
     torch.manual_seed(0)
-    model = HMER(HMERConfig.tiny().replace(**changes))
+    # three layers, as in the paper: the ARM then refines two of them
+    model = HMER(HMERConfig.tiny().replace(num_decoder_layers=3, **changes))
     # non-trivial BatchNorm statistics, as a trained model has
     for m in model.modules():
         if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
+    # A penalty as large as a trained model's (several logits), so a wrong coverage shows.
+    model.decoder.arm.post_norm.bn.weight.data.uniform_(2.0, 4.0)
     return model.eval()
 
 

@@ -56,7 +56,7 @@ def evaluate_examples(
         with torch.inference_mode():
             limit = length_limit(len(ex.strokes))  # the same bound the app uses
             if beam > 0:
-                ids = list(beam_search(model, imgs, masks, vocab, beam_size=beam, max_len=limit)[0][0].ids)
+                ids = list(beam_search(model, imgs, masks, vocab, beam_size=beam, max_len=limit, nbest=1)[0][0].ids)
             else:
                 ids = greedy_search(model, imgs, masks, vocab, max_len=limit)[0][0]
         pred = vocab.decode(ids)
