@@ -98,10 +98,13 @@ def main() -> int:
     examples, _ = load_split(args.data, args.split, rec.vocab, limit=args.limit)
     rec.recognize(examples[0].strokes, args.beam)  # warm-up
     ours, base, same = [], [], 0
+    stages: dict[str, list[float]] = {}
     for i, ex in enumerate(examples):
         t = time.perf_counter()
         pred = rec.recognize(ex.strokes, args.beam)
         ours.append((time.perf_counter() - t) * 1000)
+        for stage, ms in pred.timings_ms.items():
+            stages.setdefault(stage, []).append(ms)
         if not args.no_baseline:
             t = time.perf_counter()
             ids = baseline_recognize(rec, ex.strokes, args.beam, args.max_len)
@@ -113,6 +116,7 @@ def main() -> int:
         "checkpoint": name, "split": args.split, "n": len(examples), "beam": args.beam, "threads": torch.get_num_threads(),
         "p50_ms": float(np.percentile(ours, 50)), "p95_ms": float(np.percentile(ours, 95)),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "stage_p50_ms": {stage: float(np.percentile(v, 50)) for stage, v in stages.items()},
     }  # fmt: skip
     if base:
         report |= {"baseline_p50_ms": float(np.percentile(base, 50)), "baseline_p95_ms": float(np.percentile(base, 95)),

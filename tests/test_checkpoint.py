@@ -101,3 +101,17 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypat
     monkeypatch.undo()
     assert load_checkpoint(path)[2]["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left behind
+
+
+def test_export_writes_a_half_precision_file_the_app_loads(tmp_path, capsys):
+    from train.cli import main as train_main
+
+    model, vocab = _model(), Vocabulary.default()
+    save_checkpoint(tmp_path / "best.pt", model, vocab, {"step": 40, "train_config": {"big": "dict"}})
+    assert train_main(["export", str(tmp_path / "best.pt"), str(tmp_path / "ship.pt")]) == 0
+    loaded, _, meta = load_checkpoint(tmp_path / "ship.pt")
+    assert meta["step"] == 40 and meta["weights_dtype"] == "float16" and "train_config" not in meta
+    for a, b in zip(_outputs(model), _outputs(loaded.eval())):
+        torch.testing.assert_close(a, b, atol=5e-2, rtol=5e-2)
+    assert train_main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")]) == 2
+    assert "not found" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()

@@ -56,8 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["finetune"]:
         return finetune_main(argv[1:])
+    if argv[:1] == ["export"]:
+        from train.export import main as export_main
+
+        return export_main(argv[1:])
     parser = argparse.ArgumentParser(prog="hmer-train", description="Train HMER-MTL on a CROHME-layout folder "
-                                     "(or `hmer-train finetune ...` on your own samples).")  # fmt: skip
+                                     "(`hmer-train finetune ...`: on your own samples; `hmer-train export ...`: "
+                                     "a checkpoint for shipping).")  # fmt: skip
     parser.add_argument("--config", required=True, help="a TOML file, or a name in train/configs/ (e.g. paper)")
     parser.add_argument("--data", required=True, help="folder with train/, 2014/, ... and captions/")
     parser.add_argument("--out", required=True, help="run folder: checkpoints, logs, curves")
