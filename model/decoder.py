@@ -110,6 +110,10 @@ class DecoderState:
     Sequence i reads the image `image_index[i]`; cross-attention keys/values are
     kept per image, never per hypothesis. Everything per sequence lives in two
     tensors, so a beam-search reorder is two gathers whatever the depth.
+
+    Beam search keeps several children of one parent. Their coverage is the
+    parent's until they run a step, so a reorder keeps one coverage row per parent
+    (`coverage_rows` maps sequences to rows) and the ARM runs once per parent.
     """
 
     memory_mask: Tensor | None  # [B, L] True = padding; None when nothing is padded
@@ -118,14 +122,25 @@ class DecoderState:
     cross_k: Tensor  # [layers, B, H, dh, L] keys, transposed for q @ k
     cross_v: Tensor  # [layers, B, H, L, dh]
     self_kv: Tensor  # [n, layers, 2, H, capacity, dh]; positions < length are filled
-    coverage: Tensor  # [n, 2, layers, H, L]: sums of past refined (0) and raw (1) attention
+    coverage: Tensor  # [rows, 2, layers, H, L]: sums of past refined (0) and raw (1) attention
+    coverage_rows: Tensor | None = None  # [n] coverage row of each sequence; None: row i is sequence i
     length: int = 0  # tokens consumed so far
 
     def reorder(self, index: Tensor) -> None:
         """Keep sequences `index` (beam search survivors), in that order."""
         self.image_index = self.image_index.index_select(0, index)
         self.self_kv = self.self_kv.index_select(0, index)
-        self.coverage = self.coverage.index_select(0, index)
+        rows = index if self.coverage_rows is None else self.coverage_rows.index_select(0, index)
+        if self.memory_mask is None:  # share rows (with padding, a row would also need its own mask)
+            parents, self.coverage_rows = torch.unique(rows, return_inverse=True)
+            self.coverage = self.coverage.index_select(0, parents)
+        else:
+            self.coverage = self.coverage.index_select(0, rows)
+            self.coverage_rows = None
+
+    def sequence_coverage(self) -> Tensor:
+        """Coverage per sequence: [n, 2, layers, H, L]."""
+        return self.coverage if self.coverage_rows is None else self.coverage.index_select(0, self.coverage_rows)
 
     def grow(self, slots: int = 8) -> None:
         """Make room for one more position in the self-attention cache. It grows by a
@@ -246,7 +261,7 @@ class Decoder(nn.Module):
         """The ARM's penalty for every layer after the first, all in one call: it reads
         only coverage of earlier steps, which is known before this step runs.
         Returns [n, layers-1, H, L]."""
-        cov = state.coverage  # [n, 2, layers, H, L]
+        cov = state.coverage  # [rows, 2, layers, H, L]; one row per sequence when padded
         n, _, layers, heads, length = cov.shape
         # layer i reads the refined coverage of layer i-1 and the raw coverage of itself
         arm_in = self.arm.coverage_input(cov[:, 0, :-1], cov[:, 1, 1:], dim=2)  # [n, layers-1, k*H, L]
@@ -256,7 +271,8 @@ class Decoder(nn.Module):
             mask = _per_sequence(state.memory_mask, state.image_index)  # [n, L]
             mask = mask.view(n, 1, 1, state.height, -1).expand(n, layers - 1, 1, state.height, -1)
             mask = mask.reshape(n * (layers - 1), 1, state.height, -1)
-        return self.arm(arm_in, mask).view(n, layers - 1, heads, length)
+        penalties = self.arm(arm_in, mask).view(n, layers - 1, heads, length)
+        return penalties if state.coverage_rows is None else penalties.index_select(0, state.coverage_rows)
 
     @torch.no_grad()
     def step(self, state: DecoderState, tokens: Tensor, need_aux: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
@@ -299,6 +315,7 @@ class Decoder(nn.Module):
             x = layer.norm2(x + mha.out_proj(ctx.reshape(n, -1)))
             x = layer.norm3(x + layer.linear2(F.relu(layer.linear1(x))))
         layers = len(self.layers)
-        state.coverage += torch.stack(attn_sums, dim=1).view(n, layers, 2, heads, -1).transpose(1, 2)
+        state.coverage = state.sequence_coverage() + torch.stack(attn_sums, dim=1).view(n, layers, 2, heads, -1).transpose(1, 2)
+        state.coverage_rows = None
         state.length += 1
         return self.head(x), (self.aux_head(x) if need_aux else None), attn

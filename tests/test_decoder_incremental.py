@@ -62,3 +62,27 @@ def test_reorder_keeps_the_chosen_sequences():
         full, _, _ = model.decoder(memory.repeat(3, 1, 1, 1), mem_mask.repeat(3, 1, 1),
                                    torch.tensor([[1, 30, 40], [1, 30, 41], [1, 10, 42]]))  # fmt: skip
     torch.testing.assert_close(main, full[:, 2], atol=1e-5, rtol=1e-5)
+
+
+def test_beam_like_reorders_over_many_steps_match_full_decoding():
+    # children of one parent share its coverage until they step (the ARM runs once per parent)
+    model = _model()
+    imgs = torch.rand(1, 1, 48, 80)
+    masks = torch.zeros(1, 48, 80, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(3)
+    n = 5
+    prefixes = [[1] for _ in range(n)]
+    with torch.no_grad():
+        memory, mem_mask = model.encode(imgs, masks)
+        state = model.decoder.start(memory, mem_mask, torch.zeros(n, dtype=torch.long))
+        last = torch.ones(n, dtype=torch.long)
+        for _ in range(7):
+            main, _, attn = model.decoder.step(state, last)
+            full, _, full_attn = model.decoder(memory.expand(n, -1, -1, -1), mem_mask.expand(n, -1, -1),
+                                               torch.tensor(prefixes), need_attention=True)  # fmt: skip
+            torch.testing.assert_close(main, full[:, -1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(attn, full_attn[:, :, -1], atol=1e-6, rtol=1e-5)
+            index = torch.randint(0, 2, (n,), generator=gen)  # few parents, as in a beam
+            state.reorder(index)
+            last = torch.randint(4, model.config.vocab_size, (n,), generator=gen)
+            prefixes = [prefixes[i] + [int(t)] for i, t in zip(index.tolist(), last)]
