@@ -121,3 +121,12 @@ def test_init_from_weights_starts_a_fresh_run(tmp_path, tiny_checkpoint):
                       train_examples=examples, val_examples=examples, show_progress=False)  # fmt: skip
     assert trainer.step == 0
     assert trainer.validate()["exprate"] == 100.0
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "train" / "configs").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads_and_names_a_known_schedule(path):
+    from train.config import TrainConfig
+
+    cfg = TrainConfig.load(path)
+    assert cfg.schedule.kind in {"plateau", "cosine", "constant"}
+    assert cfg.optim.name in {"sgd", "adamw"} and cfg.optim.lr > 0
