@@ -14,7 +14,7 @@ class Alternative:
     latex: str
     tokens: list[str]
     score: float  # forward + reverse length-normalized log-probability
-    probability: float  # softmax of the scores over the n-best list (relative confidence)
+    probability: float  # the sequence's probability relative to the n-best list's (they sum to 1)
 
 
 @dataclass

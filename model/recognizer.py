@@ -131,8 +131,14 @@ class Recognizer:
         h, w = memory.shape[1:3]
         attention = attn[0, :, :n].mean(dim=0).reshape(n, h, w).float().cpu().numpy()  # [n, h, w]
         tokens = self.vocab.decode(best_ids)
+        # A score is the sum of the two directions' per-token log-probability averages. Times
+        # (tokens+1)/2 it becomes a whole-sequence log-probability; using the best reading's
+        # length for all keeps the order of the list, and the spread of sequence probabilities
+        # (raw averages would make every alternative look about equally likely).
+        scale = (len(nbest[0][0]) + 1) / 2
         scores = np.array([s for _, s in nbest], dtype=np.float64)
-        rel = np.exp(scores - scores.max())
+        finite = np.isfinite(scores)
+        rel = np.exp(scale * (scores - scores[finite].max())) if finite.any() else np.ones_like(scores)
         rel /= rel.sum()
         alternatives = [
             Alternative(" ".join(self.vocab.decode(ids)), self.vocab.decode(ids), float(s), float(p))

@@ -36,7 +36,8 @@ def test_recognizes_the_expressions_it_learned(recognizer, latex):
     np.testing.assert_allclose(pred.attention.sum(axis=(1, 2)), 1.0, atol=1e-4)  # a distribution per token
     assert len(pred.structure) == n and pred.expected_structure == recognizer.vocab.structure_tokens(pred.tokens)
     assert pred.alternatives[0].latex == latex
-    assert sum(a.probability for a in pred.alternatives) == pytest.approx(1.0)
+    probs = [a.probability for a in pred.alternatives]
+    assert sum(probs) == pytest.approx(1.0) and probs == sorted(probs, reverse=True)
     assert set(pred.timings_ms) >= {"rasterize", "encode", "search", "explain", "total"}
 
 
