@@ -146,3 +146,10 @@ def test_finetune_command_line_records_the_version(tmp_path, tiny_checkpoint, ca
     versions = SampleStore(tmp_path / "s.db").models()
     assert [v.path for v in versions] == [str(out)] and versions[0].parent is None
     assert "no replay" in capsys.readouterr().out
+
+
+def test_finetune_command_line_names_a_missing_database_and_creates_none(tmp_path, tiny_checkpoint, capsys):
+    code = train_main(["finetune", "--samples", str(tmp_path / "typo.db"), "--base", str(tiny_checkpoint),
+                       "--out", str(tmp_path / "v1.pt")])  # fmt: skip
+    assert code == 2 and "no sample database" in capsys.readouterr().err
+    assert not (tmp_path / "typo.db").exists() and not (tmp_path / "v1.pt").exists()

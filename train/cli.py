@@ -30,6 +30,10 @@ def finetune_main(argv: list[str]) -> int:
     from train.finetune import FinetuneConfig, finetune
     from train.samples import SampleError, SampleStore
 
+    if not Path(args.samples).is_file():
+        print(f"hmer-train finetune: no sample database at {args.samples} (the app keeps samples.db in "
+              "its data folder, ~/.local/share/hmer on Linux)", file=sys.stderr)
+        return 2
     try:
         store = SampleStore(args.samples)
         samples = [Example(f"sample{s.id}", s.strokes, s.tokens, source=f"sample {s.id}") for s in store.samples()]
