@@ -153,3 +153,18 @@ def test_finetune_command_line_names_a_missing_database_and_creates_none(tmp_pat
                        "--out", str(tmp_path / "v1.pt")])  # fmt: skip
     assert code == 2 and "no sample database" in capsys.readouterr().err
     assert not (tmp_path / "typo.db").exists() and not (tmp_path / "v1.pt").exists()
+
+
+def test_a_tie_in_held_out_exprate_goes_to_the_lower_held_out_loss(tmp_path, tiny_checkpoint):
+    # Too few steps to read the new expressions: the held-out ExpRate stays where it was,
+    # yet the held-out loss falls, and those weights, not the base's, must be kept.
+    import torch
+
+    samples = synthetic_examples(NEW_EXPRESSIONS, copies=4, wobble=0.01)
+    cfg = FinetuneConfig(max_steps=10, lr=2e-3, eval_every=5, patience=10)
+    report = finetune(tiny_checkpoint, samples, tmp_path / "ft.pt", cfg)
+    assert report.holdout_after == report.holdout_before  # a tie on ExpRate
+    base, _, _ = load_checkpoint(tiny_checkpoint)
+    tuned, _, _ = load_checkpoint(tmp_path / "ft.pt")
+    changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
+    assert changed, "the fine-tune kept the base weights despite a lower held-out loss"
