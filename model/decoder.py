@@ -108,8 +108,9 @@ class DecoderState:
     """What `Decoder.step` needs to extend n sequences by one token.
 
     Sequence i reads the image `image_index[i]`; cross-attention keys/values are
-    kept per image, never per hypothesis. Everything per sequence lives in two
-    tensors, so a beam-search reorder is two gathers whatever the depth.
+    kept per image, never per hypothesis. The self-attention cache and the coverage
+    of all layers are one tensor each, so a beam-search reorder is three gathers
+    (with the image index) whatever the depth.
 
     Beam search keeps several children of one parent. Their coverage is the
     parent's until they run a step, so a reorder keeps one coverage row per parent
@@ -289,7 +290,6 @@ class Decoder(nn.Module):
         penalties = self._step_penalties(state) if self.arm is not None else None  # [n, layers-1, H, L]
         heads, dh = self.nhead, x.shape[-1] // self.nhead
         attn_sums = []
-        attn = x
         for i, layer in enumerate(self.layers):
             # self-attention over the cached prefix and this token
             sa = layer.self_attn
@@ -313,7 +313,7 @@ class Decoder(nn.Module):
             attn_sums.append(raw)
             ctx = _per_image_matmul(attn, state.cross_v[i], idx)  # [n, H, dh]
             x = layer.norm2(x + mha.out_proj(ctx.reshape(n, -1)))
-            x = layer.norm3(x + layer.linear2(F.relu(layer.linear1(x))))
+            x = layer.feed_forward(x)
         layers = len(self.layers)
         state.coverage = state.sequence_coverage() + torch.stack(attn_sums, dim=1).view(n, layers, 2, heads, -1).transpose(1, 2)
         state.coverage_rows = None
