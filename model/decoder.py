@@ -202,18 +202,24 @@ class Decoder(nn.Module):
         return logits - penalty
 
     def forward(
-        self, memory: Tensor, memory_mask: Tensor, tokens: Tensor, need_attention: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        self, memory: Tensor, memory_mask: Tensor, tokens: Tensor, need_attention: bool = False,
+        image_index: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:  # fmt: skip
         """Teacher-forced decoding of whole sequences.
 
-        memory: [b, h, w, d]; memory_mask: [b, h, w]; tokens: [b, t] (pad = 0).
+        memory: [B, h, w, d]; memory_mask: [B, h, w]; tokens: [b, t] (pad = 0);
+        image_index: [b], the image each sequence reads (None: sequence i reads
+        image i). Several sequences of one image share its cross-attention keys and
+        values, which are projected once per image.
         Returns main and auxiliary logits [b, t, V] and, if asked, the last
         layer's refined cross-attention [b, H, t, L].
         """
-        b, height, width, d = memory.shape
-        t = tokens.shape[1]
-        mem = memory.reshape(b, height * width, d)  # [b, L, d]
-        mem_mask = memory_mask.reshape(b, height * width)  # [b, L]
+        images, height, width, d = memory.shape
+        b, t = tokens.shape
+        mem = memory.reshape(images, height * width, d)  # [B, L, d]
+        mem_mask = memory_mask.reshape(images, height * width)  # [B, L]
+        if image_index is not None:
+            mem_mask = mem_mask[image_index]  # [b, L]
         causal = torch.ones(t, t, dtype=torch.bool, device=tokens.device).triu_(1)
         self_mask = causal[None, None] | (tokens == 0)[:, None, None, :]  # [b, 1, t, t]
         cross_mask = mem_mask[:, None, None, :]  # [b, 1, 1, L]
@@ -226,7 +232,9 @@ class Decoder(nn.Module):
             x = layer.self_block(x, k, v, self_mask)
             mha = layer.multihead_attn
             q = mha.project_q(x)
-            k, v = mha.project_kv(mem)
+            k, v = mha.project_kv(mem)  # [B, H, L, dh]
+            if image_index is not None:
+                k, v = (k, v) if images == 1 else (k[image_index], v[image_index])  # one image broadcasts
             logits = q @ k.transpose(-1, -2)  # [b, H, t, L]
             attn = mha.probs(logits, cross_mask)
             if i > 0 and self.arm is not None:

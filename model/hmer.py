@@ -71,11 +71,10 @@ class HMER(nn.Module):
         imgs [b, 1, H, W]; masks [b, H, W]; tgt [2b, t] (l2r rows, then r2l rows).
         Returns (main_logits, aux_logits), each [2b, t, V].
         """
-        memory, mem_mask = self.encode(imgs, masks)
-        repeat = tgt.shape[0] // imgs.shape[0]
-        memory = memory.repeat(repeat, 1, 1, 1)  # [2b, h, w, d]
-        mem_mask = mem_mask.repeat(repeat, 1, 1)
-        main, aux, _ = self.decoder(memory, mem_mask, tgt)
+        memory, mem_mask = self.encode(imgs, masks)  # [b, h, w, d], [b, h, w]
+        b = imgs.shape[0]
+        image_index = torch.arange(b, device=tgt.device).repeat(tgt.shape[0] // b)  # [2b]: both directions
+        main, aux, _ = self.decoder(memory, mem_mask, tgt, image_index=image_index)
         return main, aux
 
     def loss(self, main: Tensor, aux: Tensor, targets: Targets) -> tuple[Tensor, dict[str, float]]:

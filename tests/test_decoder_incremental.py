@@ -86,3 +86,23 @@ def test_beam_like_reorders_over_many_steps_match_full_decoding():
             state.reorder(index)
             last = torch.randint(4, model.config.vocab_size, (n,), generator=gen)
             prefixes = [prefixes[i] + [int(t)] for i, t in zip(index.tolist(), last)]
+
+
+def test_sequences_sharing_an_image_decode_as_if_each_had_its_own_copy():
+    # Rescoring and bidirectional training pass each image once with an image index;
+    # the logits must be those of the memory repeated per sequence, padding included.
+    model = _model()
+    imgs = torch.rand(2, 1, 48, 80)
+    masks = torch.zeros(2, 48, 80, dtype=torch.bool)
+    masks[1, :, 50:] = True
+    tokens = torch.randint(4, model.config.vocab_size, (5, 7))
+    image_index = torch.tensor([1, 0, 1, 1, 0])
+    with torch.no_grad():
+        memory, mem_mask = model.encode(imgs, masks)
+        copied = model.decoder(memory[image_index], mem_mask[image_index], tokens, need_attention=True)
+        shared = model.decoder(memory, mem_mask, tokens, need_attention=True, image_index=image_index)
+        one_image = model.decoder(memory[:1], mem_mask[:1], tokens, image_index=torch.zeros(5, dtype=torch.long))
+        one_copied = model.decoder(memory[[0] * 5], mem_mask[[0] * 5], tokens)
+    for a, b in zip(copied, shared):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one_image[0], one_copied[0], atol=1e-5, rtol=1e-5)
