@@ -1,9 +1,12 @@
 """Does fine-tuning on a writer's own expressions help that writer, without hurting others?
 
 For each of the writers with the most expressions in the CROHME test sets (the
-InkML files carry writer ids), fine-tune on part of that writer's expressions,
-then measure ExpRate on the writer's other expressions and on a fixed sample
-of everybody else's, before and after.
+InkML files carry writer ids), the writer's expressions are split into folds;
+each fold is recognized by a model fine-tuned on the writer's other folds, so
+every expression of the writer is tested once, by a model that never saw it
+(a writer has only 15-40 expressions: one split would leave a test set where
+one expression is several points). Also measured: ExpRate on a fixed sample of
+everybody else's expressions, before and after (forgetting).
 
     python benchmarks/adaptation.py --data ../shared/datasets/crohme --checkpoint assets/hmer_small.pt --writers 5
 """
@@ -23,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.checkpoint import load_checkpoint  # noqa: E402
 from train.data import Example, load_split  # noqa: E402
-from train.finetune import FinetuneConfig, exprate, finetune  # noqa: E402
+from train.finetune import TRAINABLE, FinetuneConfig, exprate, finetune  # noqa: E402
 
 
 def main() -> int:
@@ -32,12 +35,16 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--splits", nargs="+", default=["2014", "2016"])
     parser.add_argument("--writers", type=int, default=5, help="how many writers (those with the most expressions)")
-    parser.add_argument("--adapt-fraction", type=float, default=0.5, help="share of a writer's expressions to train on")
+    parser.add_argument("--folds", type=int, default=2, help="folds per writer (2: adapt on half, test on the other)")
     parser.add_argument("--others", type=int, default=300, help="expressions of other writers to watch for forgetting")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=FinetuneConfig.max_steps)
+    parser.add_argument("--lr", type=float, default=FinetuneConfig.lr)
+    parser.add_argument("--trainable", choices=TRAINABLE, default=FinetuneConfig.trainable)
     parser.add_argument("--no-replay", action="store_true", help="do not replay CROHME training data")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.folds < 2:
+        parser.error("--folds must be at least 2")
 
     _, vocab, _ = load_checkpoint(args.checkpoint)
     examples: list[Example] = []
@@ -52,28 +59,37 @@ def main() -> int:
         by_writer[e.writer].append(e)
     chosen = sorted(by_writer, key=lambda w: -len(by_writer[w]))[: args.writers]
     replay = None if args.no_replay else load_split(args.data, "train", vocab)[0]
+    config = FinetuneConfig(max_steps=args.steps, lr=args.lr, trainable=args.trainable)
+    base, _, _ = load_checkpoint(args.checkpoint)
     rows = []
     for writer in chosen:
         mine = by_writer[writer]
-        order = np.random.default_rng(0).permutation(len(mine))
-        n_adapt = int(round(args.adapt_fraction * len(mine)))
-        adapt = [mine[i] for i in order[:n_adapt]]
-        test = [mine[i] for i in order[n_adapt:]]
+        fold_of = np.random.default_rng(0).permutation(len(mine)) % args.folds
         others = [e for e in examples if e.writer != writer]
         others = [others[i] for i in np.random.default_rng(1).permutation(len(others))[: args.others]]
-        model, _, _ = load_checkpoint(args.checkpoint)
-        before_writer, before_others = exprate(model, vocab, test), exprate(model, vocab, others)
-        with tempfile.TemporaryDirectory() as tmp:
-            report = finetune(args.checkpoint, adapt, Path(tmp) / "adapted.pt", FinetuneConfig(max_steps=args.steps), replay=replay)
-            adapted, _, _ = load_checkpoint(report.output)
-        row = {"writer": writer, "adapt": len(adapt), "test": len(test), "steps": report.steps,
-               "writer_before": before_writer, "writer_after": exprate(adapted, vocab, test),
-               "others_before": before_others, "others_after": exprate(adapted, vocab, others)}  # fmt: skip
+        before_writer, before_others = exprate(base, vocab, mine), exprate(base, vocab, others)
+        correct_after, others_after, steps = 0.0, [], []
+        for fold in range(args.folds):
+            adapt = [e for e, f in zip(mine, fold_of) if f != fold]
+            test = [e for e, f in zip(mine, fold_of) if f == fold]
+            with tempfile.TemporaryDirectory() as tmp:
+                report = finetune(args.checkpoint, adapt, Path(tmp) / "adapted.pt", config, replay=replay)
+                adapted, _, _ = load_checkpoint(report.output)
+            correct_after += exprate(adapted, vocab, test) * len(test) / 100
+            others_after.append(exprate(adapted, vocab, others))
+            steps.append(report.steps)
+        row = {"writer": writer, "expressions": len(mine), "steps": steps,
+               "writer_before": before_writer, "writer_after": 100 * correct_after / len(mine),
+               "others_before": before_others, "others_after": float(np.mean(others_after))}  # fmt: skip
         rows.append(row)
-        print(f"writer {writer}: {row['writer_before']:.1f}% -> {row['writer_after']:.1f}% on {len(test)} of theirs; "
+        print(f"writer {writer}: {row['writer_before']:.1f}% -> {row['writer_after']:.1f}% on their {len(mine)}; "
               f"others {row['others_before']:.1f}% -> {row['others_after']:.1f}%", flush=True)  # fmt: skip
+    total = sum(r["expressions"] for r in rows)
     summary = {
-        "checkpoint": str(args.checkpoint), "writers": rows, "decode": "greedy",
+        "checkpoint": str(args.checkpoint), "writers": rows, "decode": "greedy", "folds": args.folds,
+        "steps": args.steps, "lr": args.lr, "trainable": args.trainable, "replay": replay is not None,
+        "pooled_writer_before": sum(r["writer_before"] * r["expressions"] for r in rows) / max(1, total),
+        "pooled_writer_after": sum(r["writer_after"] * r["expressions"] for r in rows) / max(1, total),
         "mean_writer_gain": float(np.mean([r["writer_after"] - r["writer_before"] for r in rows])) if rows else 0.0,
         "mean_others_change": float(np.mean([r["others_after"] - r["others_before"] for r in rows])) if rows else 0.0,
     }  # fmt: skip

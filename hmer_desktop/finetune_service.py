@@ -44,6 +44,7 @@ class FinetuneService:
         crohme_dir: Path | None,
         max_steps: int,
         on_progress: Callable[[Progress], None],
+        trainable: str = "encoder",
     ) -> FinetuneJob:
         cancel = threading.Event()
         parent = self.store.active_model()
@@ -65,8 +66,8 @@ class FinetuneService:
 
             self.models_dir.mkdir(parents=True, exist_ok=True)
             out = self.models_dir / f"finetuned-{time.strftime('%Y%m%d-%H%M%S')}.pt"
-            report = finetune(base, samples, out, FinetuneConfig(max_steps=max_steps), replay=replay,
-                              base_eval=base_eval, progress=progress, cancel=cancel)  # fmt: skip
+            report = finetune(base, samples, out, FinetuneConfig(max_steps=max_steps, trainable=trainable),
+                              replay=replay, base_eval=base_eval, progress=progress, cancel=cancel)  # fmt: skip
             version = None
             if report.output:
                 version = self.store.add_model(report.output, parent, report.to_dict(), note=f"from {base.name}")

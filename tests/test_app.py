@@ -245,9 +245,11 @@ def test_finetune_dialog_trains_a_version_and_switches_to_it(qtbot, make_window)
     qtbot.addWidget(dialog)
     assert "no replay" in dialog.info.text()
     dialog.steps.setValue(12)
+    dialog.whole_model.setChecked(True)
     with qtbot.waitSignal(dialog.relay.finished, timeout=120_000):
         dialog.start_button.click()
     assert "Held-out samples" in dialog.report.toPlainText()
+    assert dialog.result[0].trainable == "all" and "the whole model" in dialog.report.toPlainText()
     assert dialog.bar.value() == dialog.bar.maximum() or "early" in dialog.report.toPlainText()
     report, version = dialog.result
     assert window.samples.models()[0].id == version and Path(report.output).exists()

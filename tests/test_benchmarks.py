@@ -34,3 +34,19 @@ def test_train_throughput_benchmark_reports_all_three_settings(tmp_path):
     report = json.loads(out.read_text())
     assert set(report["images_per_s"]) == {"fp32", "bf16", "bf16+channels_last"}
     assert report["bf16_loss_rel_diff"] < 0.05
+
+
+def test_adaptation_benchmark_tests_every_expression_of_a_writer_once(tmp_path, tiny_checkpoint):
+    data = tmp_path / "data"
+    for i, latex in enumerate(SYNTHETIC_EXPRESSIONS[:6]):
+        write_inkml(data / "2014" / f"w{i}.inkml", ink_for(latex), latex, writer="7" if i < 4 else "8")
+        write_inkml(data / "train" / f"t{i}.inkml", ink_for(latex, size=11.0), latex)
+    out = tmp_path / "adapt.json"
+    done = _run("benchmarks/adaptation.py", "--data", str(data), "--checkpoint", str(tiny_checkpoint),
+                "--splits", "2014", "--writers", "1", "--steps", "3", "--others", "2", "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    (row,) = report["writers"]
+    assert row["writer"] == "2014/7" and row["expressions"] == 4 and len(row["steps"]) == 2
+    assert report["trainable"] == "encoder" and report["replay"] is True
+    assert {"pooled_writer_before", "pooled_writer_after", "mean_others_change"} <= set(report)

@@ -168,3 +168,22 @@ def test_a_tie_in_held_out_exprate_goes_to_the_lower_held_out_loss(tmp_path, tin
     tuned, _, _ = load_checkpoint(tmp_path / "ft.pt")
     changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
     assert changed, "the fine-tune kept the base weights despite a lower held-out loss"
+
+
+def test_encoder_only_finetune_keeps_every_decoder_weight(tmp_path, tiny_checkpoint):
+    # The default adapts how ink is seen and leaves the decoder's knowledge of formulas
+    # alone; "all" changes the decoder too.
+    import torch
+
+    samples = synthetic_examples(NEW_EXPRESSIONS, copies=4, wobble=0.01)
+    base, _, _ = load_checkpoint(tiny_checkpoint)
+    changed = {}
+    for trainable in ("encoder", "all"):
+        cfg = FinetuneConfig(max_steps=10, lr=2e-3, eval_every=5, patience=10, trainable=trainable)
+        finetune(tiny_checkpoint, samples, tmp_path / f"{trainable}.pt", cfg)
+        tuned, _, _ = load_checkpoint(tmp_path / f"{trainable}.pt")
+        changed[trainable] = {k for k, v in tuned.state_dict().items() if not torch.equal(v, base.state_dict()[k])}
+    assert changed["encoder"] and all(k.startswith("encoder.") for k in changed["encoder"])
+    assert any(k.startswith("decoder.") for k in changed["all"])
+    with pytest.raises(ValueError, match="trainable"):
+        FinetuneConfig(trainable="decoder")

@@ -19,6 +19,8 @@ def finetune_main(argv: list[str]) -> int:
     parser.add_argument("--data", help="CROHME-layout folder: replay its training data, report on a 2014 subset")
     parser.add_argument("--steps", type=int, default=200, help="at most this many steps")
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--trainable", choices=("encoder", "all"), default="encoder",
+                        help="encoder (default): adapt to the handwriting, keep the decoder; all: every weight")
     parser.add_argument("--json", dest="json_out", help="write the report here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")
@@ -41,7 +43,7 @@ def finetune_main(argv: list[str]) -> int:
         if args.data:
             replay, _ = load_split(args.data, "train", store.vocab)
             base_eval, _ = load_split(args.data, "2014", store.vocab, limit=100)
-        report = finetune(args.base, samples, args.out, FinetuneConfig(max_steps=args.steps, lr=args.lr),
+        report = finetune(args.base, samples, args.out, FinetuneConfig(max_steps=args.steps, lr=args.lr, trainable=args.trainable),
                           replay=replay, base_eval=base_eval)  # fmt: skip
         if report.output:
             store.add_model(report.output, store.active_model(), report.to_dict(), note=f"from {args.base}")

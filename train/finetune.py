@@ -31,6 +31,8 @@ from train.metrics import ExpRateCounter
 
 log = logging.getLogger(__name__)
 
+TRAINABLE = ("encoder", "all")  # which weights a fine-tune changes
+
 
 @dataclass(frozen=True)
 class FinetuneConfig:
@@ -42,9 +44,22 @@ class FinetuneConfig:
     eval_every: int = 25
     patience: int = 3  # evaluations without a better held-out ExpRate before stopping
     seed: int = 0
+    # "encoder": adapt only how ink is seen, keeping the decoder's knowledge of formulas.
+    # A few dozen expressions are too few formulas to retrain a language model on: a
+    # whole-model fine-tune learns those formulas rather than the handwriting.
+    # "all": every weight.
+    trainable: str = "encoder"
     augment: AugmentConfig = field(
         default_factory=lambda: AugmentConfig(scale=(0.8, 1.25), rotate_deg=2.0, shear=0.1, stroke_jitter=0.02)
     )
+
+    def __post_init__(self) -> None:
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"trainable must be one of {', '.join(TRAINABLE)}, not {self.trainable!r}")
+        if self.max_steps < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise ValueError("max_steps, batch_size and eval_every must be at least 1")
+        if not 0.0 <= self.holdout_fraction < 1.0 or not 0.0 <= self.replay_fraction < 1.0:
+            raise ValueError("holdout_fraction and replay_fraction must be in [0, 1)")
 
 
 @dataclass
@@ -56,6 +71,7 @@ class FinetuneReport:
     steps: int
     stopped: str  # "max_steps", "early_stopping", "cancelled"
     replay: bool
+    trainable: str = "encoder"  # which weights changed (FinetuneConfig.trainable)
     holdout_before: float | None = None  # ExpRate %, None without a held-out part
     holdout_after: float | None = None
     base_before: float | None = None  # ExpRate % on the fixed CROHME subset, when given
@@ -130,7 +146,8 @@ def finetune(
         raise ValueError("no samples to fine-tune on")
     model, vocab, base_meta = load_checkpoint(base)
     train_set, holdout = split_holdout(samples, config.holdout_fraction, config.seed)
-    report = FinetuneReport(str(base), None, len(train_set), len(holdout), 0, "max_steps", bool(replay))
+    report = FinetuneReport(str(base), None, len(train_set), len(holdout), 0, "max_steps", bool(replay),
+                            config.trainable)  # fmt: skip
     if not replay:
         report.notes.append("no CROHME training data given: fine-tuning on your samples only (no replay)")
     if not holdout:
@@ -143,7 +160,12 @@ def finetune(
     rng = np.random.default_rng(config.seed)
     user_ds = InkDataset(train_set, vocab, model.config.raster, config.augment, seed=config.seed)
     replay_ds = InkDataset(replay, vocab, model.config.raster, config.augment, seed=config.seed + 1) if replay else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    params = list(model.encoder.parameters() if config.trainable == "encoder" else model.parameters())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     best_state = copy.deepcopy(model.state_dict())
     # A few held-out samples make ExpRate coarse (3 samples: steps of 33 points), so ties
     # are broken by the held-out loss; otherwise a fine-tune that helps would rarely show.
@@ -169,7 +191,7 @@ def finetune(
         loss, parts = model.loss(main, aux, batch.targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         report.steps = step
         info = {"loss": parts["loss"]}

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import QObject, QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QPixmap
-from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
-                               QListWidget, QListWidgetItem, QMessageBox, QProgressBar, QPushButton, QSpinBox,
-                               QTextEdit, QVBoxLayout)  # fmt: skip
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QLabel,
+                               QLineEdit, QListWidget, QListWidgetItem, QMessageBox, QProgressBar, QPushButton,
+                               QSpinBox, QTextEdit, QVBoxLayout)  # fmt: skip
 
 from hmer_desktop.finetune_service import FinetuneJob, FinetuneService, Progress
 from hmer_desktop.widgets.heat import gray_qimage
@@ -156,6 +156,12 @@ class FinetuneDialog(QDialog):
         self.steps = QSpinBox()
         self.steps.setRange(10, 5000)
         self.steps.setValue(200)
+        self.whole_model = QCheckBox("Retrain the decoder too")
+        self.whole_model.setToolTip(
+            "By default only the part that reads ink learns, which adapts to your handwriting and keeps "
+            "what the model knows about formulas. Retraining the decoder also learns your formulas; "
+            "with a few dozen samples it tends to memorize them."
+        )
         self.start_button = QPushButton("Start")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -172,6 +178,7 @@ class FinetuneDialog(QDialog):
         row = QHBoxLayout()
         row.addWidget(QLabel("Steps (at most):"))
         row.addWidget(self.steps)
+        row.addWidget(self.whole_model)
         row.addWidget(self.start_button)
         row.addWidget(self.cancel_button)
         versions = QHBoxLayout()
@@ -207,7 +214,9 @@ class FinetuneDialog(QDialog):
         self.cancel_button.setEnabled(True)
         self.report.clear()
         self.status.setText("starting…")
-        self.job = self.service.start(self.base, self.crohme_dir, self.steps.value(), self.relay.progress.emit)
+        trainable = "all" if self.whole_model.isChecked() else "encoder"
+        self.job = self.service.start(self.base, self.crohme_dir, self.steps.value(), self.relay.progress.emit,
+                                      trainable=trainable)  # fmt: skip
         self.job.future.add_done_callback(
             lambda f: self.relay.finished.emit(None if f.cancelled() or f.exception() else f.result(),
                                                None if f.cancelled() else f.exception())  # fmt: skip
@@ -245,7 +254,9 @@ class FinetuneDialog(QDialog):
                  f"Your training samples: {pct(report.train_before)} → {pct(report.train_after)}"]  # fmt: skip
         if report.base_before is not None:
             lines.append(f"CROHME 2014 subset: {pct(report.base_before)} → {pct(report.base_after)}")
-        lines += [f"{report.steps} steps, stopped by {report.stopped}, {report.seconds:.0f} s", *report.notes]
+        learned = "the ink reader (encoder)" if report.trainable == "encoder" else "the whole model"
+        lines += [f"{report.steps} steps, stopped by {report.stopped}, {report.seconds:.0f} s; trained {learned}",
+                  *report.notes]  # fmt: skip
         self.report.setPlainText("\n".join(lines))
         self.status.setText(f"New version #{version} saved. Use it below, or keep the current one.")
         self.refresh_versions()
