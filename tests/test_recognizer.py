@@ -46,6 +46,29 @@ def test_greedy_and_beam_agree_on_learned_ink(recognizer):
     assert recognizer.recognize(strokes, beam_size=1).latex == recognizer.recognize(strokes, beam_size=10).latex
 
 
+def test_recognition_leaves_the_thread_setting_as_it_found_it(recognizer, monkeypatch):
+    # The encoder runs on one thread; everything else in the process (the beam search,
+    # a fine-tune) must keep the threads it had, also when encoding fails.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        recognizer.recognize(ink_for(SYNTHETIC_EXPRESSIONS[0]), beam_size=3)
+        assert torch.get_num_threads() == 2
+
+        def out_of_memory(*args):
+            assert torch.get_num_threads() == 1  # the encoder does run on one thread
+            raise RuntimeError("out of memory")
+
+        monkeypatch.setattr(recognizer.model, "encode", out_of_memory)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            recognizer.recognize(ink_for(SYNTHETIC_EXPRESSIONS[0]), beam_size=3)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_ink_to_image_map_matches_the_rasterizer(recognizer):
     strokes = ink_for("1 + 2", size=5.0)
     pred = recognizer.recognize(strokes, beam_size=3)
