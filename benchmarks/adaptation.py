@@ -68,7 +68,7 @@ def main() -> int:
         others = [e for e in examples if e.writer != writer]
         others = [others[i] for i in np.random.default_rng(1).permutation(len(others))[: args.others]]
         before_writer, before_others = exprate(base, vocab, mine), exprate(base, vocab, others)
-        correct_after, others_after, steps = 0.0, [], []
+        correct_after, others_after, steps, fit = 0.0, [], [], []
         for fold in range(args.folds):
             adapt = [e for e, f in zip(mine, fold_of) if f != fold]
             test = [e for e, f in zip(mine, fold_of) if f == fold]
@@ -78,12 +78,14 @@ def main() -> int:
             correct_after += exprate(adapted, vocab, test) * len(test) / 100
             others_after.append(exprate(adapted, vocab, others))
             steps.append(report.steps)
-        row = {"writer": writer, "expressions": len(mine), "steps": steps,
+            fit.append((report.train_before, report.train_after))  # did it learn its own samples?
+        row = {"writer": writer, "expressions": len(mine), "steps": steps, "adapt_set_before_after": fit,
                "writer_before": before_writer, "writer_after": 100 * correct_after / len(mine),
                "others_before": before_others, "others_after": float(np.mean(others_after))}  # fmt: skip
         rows.append(row)
         print(f"writer {writer}: {row['writer_before']:.1f}% -> {row['writer_after']:.1f}% on their {len(mine)}; "
-              f"others {row['others_before']:.1f}% -> {row['others_after']:.1f}%", flush=True)  # fmt: skip
+              f"others {row['others_before']:.1f}% -> {row['others_after']:.1f}%; steps {steps}; "
+              f"own training samples {', '.join(f'{a:.0f}->{b:.0f}%' for a, b in fit)}", flush=True)  # fmt: skip
     total = sum(r["expressions"] for r in rows)
     summary = {
         "checkpoint": str(args.checkpoint), "writers": rows, "decode": "greedy", "folds": args.folds,

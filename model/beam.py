@@ -69,15 +69,17 @@ def _search(
     alpha: float,
     early_stopping: bool,
     decoder: Any = None,
+    group_type: type[_BeamGroup] = _BeamGroup,
 ) -> list[_BeamGroup]:
     """Beam search of both directions for all images: groups 0..B-1 are l2r,
     groups B..2B-1 r2l. The batch holds beam_size rows per unfinished group;
     a group leaves it as soon as it is done (the reference kept decoding it).
     `decoder` (default: the model's) provides start()/step(); benchmarks pass
-    a full-prefix re-decoder here to compare against."""
+    a full-prefix re-decoder here to compare against, and a `group_type` that
+    records what each group saw."""
     decoder = decoder if decoder is not None else model.decoder
     b = memory.shape[0]
-    groups = [_BeamGroup(beam_size, alpha, early_stopping) for _ in range(2 * b)]
+    groups = [group_type(beam_size, alpha, early_stopping) for _ in range(2 * b)]
     n_groups = len(groups)
     device = memory.device
     image_index = torch.arange(b, device=device).repeat(2)  # [2b]

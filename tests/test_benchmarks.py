@@ -50,3 +50,15 @@ def test_adaptation_benchmark_tests_every_expression_of_a_writer_once(tmp_path, 
     assert row["writer"] == "2014/7" and row["expressions"] == 4 and len(row["steps"]) == 2
     assert report["trainable"] == "encoder" and report["replay"] is True
     assert {"pooled_writer_before", "pooled_writer_after", "mean_others_change"} <= set(report)
+
+
+def test_search_stopping_replay_reproduces_the_reference_search(tmp_path, tiny_checkpoint):
+    for i, latex in enumerate(SYNTHETIC_EXPRESSIONS[:3]):
+        write_inkml(tmp_path / "data" / "mini" / f"e{i}.inkml", ink_for(latex), latex)
+    out = tmp_path / "stop.json"
+    done = _run("benchmarks/search_stopping.py", "--data", str(tmp_path / "data"), "--split", "mini",
+                "--checkpoint", str(tiny_checkpoint), "--beam", "3", "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rules = json.loads(out.read_text())["rules"]
+    assert rules["reference"]["identical"] == 1.0 and rules["reference"]["exprate"] == 100.0
+    assert rules["1 finished"]["mean_steps"] <= rules["reference"]["mean_steps"]
