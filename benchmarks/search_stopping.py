@@ -55,6 +55,12 @@ class _Record:
 Rule = Callable[[_BeamGroup, float, int], bool]
 
 
+def _left_to_right(direction: str, ids: tuple[int, ...]) -> tuple[int, ...]:
+    """A group's ids (start token first) as the symbols read left to right."""
+    body = ids[1:]
+    return tuple(body if direction == "l2r" else body[::-1])
+
+
 def _replay(rec: _Record, rule: Rule, beam: int, alpha: float) -> tuple[tuple[int, ...], int, list]:
     """The best hypothesis, the steps searched and the kept hypotheses under `rule`."""
     kept, steps = [], 0
@@ -70,10 +76,7 @@ def _replay(rec: _Record, rule: Rule, beam: int, alpha: float) -> tuple[tuple[in
         for score, ids in group.beams:
             kept.append((direction, tuple(ids), score))
     best = max(kept, key=lambda k: rec.total[(k[0], k[1])], default=None)
-    if best is None:
-        return (), steps, kept
-    body = best[1][1:]
-    return tuple(body if best[0] == "l2r" else body[::-1]), steps, kept
+    return (() if best is None else _left_to_right(best[0], best[1])), steps, kept
 
 
 def main() -> int:
@@ -100,9 +103,8 @@ def main() -> int:
             for direction, events in rec.events.items():
                 for event in events:
                     if event[0] == "add":
-                        body = event[1][1:]
                         own = event[2] / len(event[1]) ** alpha
-                        found.append(_Found(0, direction, tuple(body if direction == "l2r" else body[::-1]), own))
+                        found.append(_Found(0, direction, _left_to_right(direction, event[1]), own))
             _rescore(model, memory, mask, vocab, alpha, found)
             adds = [(d, e[1]) for d, events in rec.events.items() for e in events if e[0] == "add"]
             rec.total = {key: f.total for key, f in zip(adds, found)}
@@ -121,7 +123,8 @@ def main() -> int:
                               "beam-size finished (early_stopping)": lambda g, best, cur: len(g.beams) >= g.beam_size,
                               **{f"{n} finished": at_least(n) for n in (1, 3, 5)},
                               **{f"best ahead by {m}": best_ahead(m) for m in (0.0, 0.25, 0.5)}}  # fmt: skip
-    reference = [_replay(r, rules["reference"], args.beam, alpha)[0] for r in records]
+    reference_runs = [_replay(r, rules["reference"], args.beam, alpha) for r in records]
+    reference = [best for best, _, _ in reference_runs]
     report = {"checkpoint": str(rec_model.path), "split": args.split, "n": len(records), "beam": args.beam, "rules": {}}
     for name, rule in rules.items():
         results = [_replay(r, rule, args.beam, alpha) for r in records]
@@ -132,12 +135,11 @@ def main() -> int:
         }
     for keep in (1, 3, 5, 8):  # rescoring only each direction's `keep` best by their own score
         same = right = 0
-        for r, ref in zip(records, reference):
-            _, _, kept = _replay(r, rules["reference"], args.beam, alpha)
-            chosen = [k for d in ("l2r", "r2l") for k in sorted((k for k in kept if k[0] == d), key=lambda k: -k[2])[:keep]]
+        for r, ref, (_, _, kept) in zip(records, reference, reference_runs):
+            by_own = sorted(kept, key=lambda k: -k[2])
+            chosen = [k for d in ("l2r", "r2l") for k in [k for k in by_own if k[0] == d][:keep]]
             top = max(chosen, key=lambda k: r.total[(k[0], k[1])])
-            body = top[1][1:]
-            best = tuple(body if top[0] == "l2r" else body[::-1])
+            best = _left_to_right(top[0], top[1])
             same += best == ref
             right += best == r.truth
         report["rules"][f"rescore own top {keep}"] = {"identical": same / len(records), "exprate": 100 * right / len(records)}

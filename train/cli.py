@@ -43,8 +43,8 @@ def finetune_main(argv: list[str]) -> int:
         if args.data:
             replay, _ = load_split(args.data, "train", store.vocab)
             base_eval, _ = load_split(args.data, "2014", store.vocab, limit=100)
-        report = finetune(args.base, samples, args.out, FinetuneConfig(max_steps=args.steps, lr=args.lr, trainable=args.trainable),
-                          replay=replay, base_eval=base_eval)  # fmt: skip
+        config = FinetuneConfig(max_steps=args.steps, lr=args.lr, trainable=args.trainable)
+        report = finetune(args.base, samples, args.out, config, replay=replay, base_eval=base_eval)
         if report.output:
             store.add_model(report.output, store.active_model(), report.to_dict(), note=f"from {args.base}")
     except (CheckpointError, SampleError, ValueError, FileNotFoundError) as e:
