@@ -130,3 +130,21 @@ def test_every_shipped_config_loads_and_names_a_known_schedule(path):
     cfg = TrainConfig.load(path)
     assert cfg.schedule.kind in {"plateau", "cosine", "constant"}
     assert cfg.optim.name in {"sgd", "adamw"} and cfg.optim.lr > 0
+
+
+def test_time_budget_decays_the_cosine_schedule_and_stops_the_run(tmp_path):
+    examples = synthetic_examples(SYNTHETIC_EXPRESSIONS)
+    cfg = tiny_train_config(max_steps=0, budget_minutes=0.5 / 60)
+    cfg = replace(cfg, schedule=replace(cfg.schedule, kind="cosine", min_lr=1e-5))
+    trainer = Trainer(cfg, data_dir=tmp_path, out_dir=tmp_path / "b", train_examples=examples, val_examples=[],
+                      show_progress=False)  # fmt: skip
+    peak = cfg.optim.lr
+    assert trainer._lr() == pytest.approx(peak, rel=1e-3)
+    trainer.elapsed = 0.25  # half the 0.5 s budget: half-way down the cosine
+    assert trainer._lr() == pytest.approx((peak + 1e-5) / 2, rel=1e-3)
+    trainer.elapsed = 0.0
+    result = trainer.run()
+    assert result["reason"] == "budget_minutes"
+    assert 0.5 <= trainer.elapsed < 10
+    assert trainer._lr() == pytest.approx(1e-5)
+    assert (tmp_path / "b" / "last.pt").exists()

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--max-minutes", type=float, help="override [loop] max_minutes")
     parser.add_argument("--max-steps", type=int, help="override [loop] max_steps")
+    parser.add_argument("--budget-minutes", type=float, help="override [loop] budget_minutes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")
     try:
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["max_minutes"] = args.max_minutes
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
+    if args.budget_minutes is not None:
+        overrides["budget_minutes"] = args.budget_minutes
     if overrides:
         cfg = replace(cfg, loop=replace(cfg.loop, **overrides))
     from train.trainer import Trainer  # torch import after argument errors are reported

@@ -50,7 +50,8 @@ class ScheduleConfig:
 class LoopConfig:
     max_epochs: int = 300
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
-    max_minutes: float = 0.0  # stop (with a checkpoint) after this long (0 = no limit)
+    max_minutes: float = 0.0  # stop this session (with a checkpoint) after this long (0 = no limit)
+    budget_minutes: float = 0.0  # the run's whole training time, over resumes; a cosine schedule decays over it
     val_every_steps: int = 0  # validate every N steps (0 = once per epoch)
     checkpoint_minutes: float = 5.0
     log_every: int = 20

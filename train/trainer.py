@@ -180,12 +180,21 @@ class Trainer:
         if s.kind == "plateau":
             lr *= self.plateau.scale
         elif s.kind == "cosine":
-            total = self.cfg.loop.max_steps or self.cfg.loop.max_epochs * self._steps_per_epoch
-            progress = min(1.0, self.step / max(1, total))
+            progress = self._progress()
             lr = s.min_lr + (lr - s.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
         elif s.kind != "constant":
             raise ValueError(f"unknown schedule {s.kind!r}: use 'plateau', 'cosine' or 'constant'")
         return max(lr, s.min_lr) if s.kind == "plateau" else lr
+
+    def _progress(self) -> float:
+        """How far the run is towards its first limit (epochs, steps or time budget), in [0, 1]."""
+        loop = self.cfg.loop
+        fractions = [self.step / max(1, loop.max_epochs * self._steps_per_epoch)]
+        if loop.max_steps:
+            fractions.append(self.step / loop.max_steps)
+        if loop.budget_minutes:  # a fixed-time run (a lent GPU) still ends with a fully decayed lr
+            fractions.append(self.elapsed / (loop.budget_minutes * 60))
+        return min(1.0, max(fractions))
 
     # --- state ------------------------------------------------------------------------
 
@@ -378,6 +387,9 @@ class Trainer:
                         break
                     if cfg.max_minutes and time.monotonic() - start > cfg.max_minutes * 60:
                         stop_reason = "max_minutes"
+                        break
+                    if cfg.budget_minutes and self.elapsed >= cfg.budget_minutes * 60:
+                        stop_reason = "budget_minutes"
                         break
                     if end_of_epoch:
                         break
