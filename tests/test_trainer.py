@@ -148,3 +148,17 @@ def test_time_budget_decays_the_cosine_schedule_and_stops_the_run(tmp_path):
     assert 0.5 <= trainer.elapsed < 10
     assert trainer._lr() == pytest.approx(1e-5)
     assert (tmp_path / "b" / "last.pt").exists()
+
+
+def test_ema_is_the_weighted_average_of_the_weights_before_and_after_a_step(tmp_path):
+    examples = synthetic_examples(SYNTHETIC_EXPRESSIONS)
+    trainer = Trainer(tiny_train_config(max_steps=1, ema_decay=0.5), data_dir=tmp_path, out_dir=tmp_path / "e",
+                      train_examples=examples, val_examples=[], show_progress=False)  # fmt: skip
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.run()
+    decay = 1 / 10  # the warm-up caps the first step's decay at (1 + 0) / (10 + 0)
+    after = trainer.model.state_dict()
+    for k, v in after.items():
+        expected = decay * before[k] + (1 - decay) * v if v.is_floating_point() else v
+        assert torch.allclose(trainer.ema[k], expected, atol=1e-6), k
+    assert not torch.equal(trainer.ema["decoder.head.weight"], before["decoder.head.weight"])

@@ -161,7 +161,9 @@ class Trainer:
         if o.name == "sgd":
             return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
         if o.name == "adamw":
-            return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+            # one fused kernel instead of a few per tensor: on an H200 the unfused step took 16 ms of 130
+            fused = self.device.type == "cuda"
+            return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, fused=fused)
         raise ValueError(f"unknown optimizer {o.name!r}: use 'sgd' or 'adamw'")
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
@@ -285,11 +287,14 @@ class Trainer:
             # warm-up: early on the average must not stay anchored to the random init
             decay = min(self.cfg.loop.ema_decay, (1 + self.step) / (10 + self.step))
             with torch.no_grad():
+                averaged, current = [], []
                 for k, v in self.model.state_dict().items():
                     if v.is_floating_point():
-                        self.ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+                        averaged.append(self.ema[k])
+                        current.append(v.detach())
                     else:
                         self.ema[k].copy_(v)
+                torch._foreach_lerp_(averaged, current, 1 - decay)  # ema += (1-decay)(v-ema), batched
         return {**parts, "lr": lr}
 
     def validate(self, model: HMER | None = None) -> dict[str, float]:
