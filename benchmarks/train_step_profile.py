@@ -5,6 +5,9 @@ Written after the first lent-GPU run trained the paper preset at only ~60 images
 on an H200: it separates the loader, the model and the cost of each new shape.
 
     python benchmarks/train_step_profile.py --data ../shared/datasets/crohme --preset paper --device cuda
+
+The step timings use batches padded as --shape-multiple/--length-multiple say
+(1 and 1 reproduce the first measurement, where nearly every batch was a new shape).
 """
 
 from __future__ import annotations
@@ -36,13 +39,24 @@ def sync(device: torch.device) -> None:
 
 def loader_rate(ds: InkDataset, batches: list[list[int]], vocab: Vocabulary, workers: int) -> float:
     """Batches per second the DataLoader delivers, with no training."""
-    loader = DataLoader(ds, batch_sampler=batches, collate_fn=partial(collate, vocab=vocab), num_workers=workers)
+    loader = DataLoader(ds, batch_sampler=batches, collate_fn=partial(collate, vocab=vocab), num_workers=workers)  # fmt: skip
     start, n = time.perf_counter(), 0
     for i, _ in enumerate(loader):
         if i == 2:  # worker start-up excluded
             start, n = time.perf_counter(), 0
         n += 1
     return n / (time.perf_counter() - start)
+
+
+def distinct_shapes(ds: InkDataset, batches: list[list[int]], vocab: Vocabulary, shape: int, length: int) -> dict:
+    """How many distinct input shapes one epoch's batches give the encoder and the ARM."""
+    encoder, arm = set(), set()
+    for b in batches:
+        batch = collate([ds[i] for i in b], vocab, shape_multiple=shape, length_multiple=length)
+        n, _, h, w = batch.imgs.shape
+        encoder.add((n, h, w))
+        arm.add((n, batch.targets.tgt.shape[1], h // 16, w // 16))
+    return {"batches": len(batches), "encoder_shapes": len(encoder), "arm_shapes": len(arm)}
 
 
 def step_times(model: HMER, batches: list[Batch], device: torch.device, channels_last: bool) -> list[float]:
@@ -78,6 +92,8 @@ def main() -> int:
     parser.add_argument("--pixel-budget", type=int, default=3_200_000)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=12)
+    parser.add_argument("--shape-multiple", type=int, default=32)
+    parser.add_argument("--length-multiple", type=int, default=8)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -94,8 +110,14 @@ def main() -> int:
     report["loader_batches_per_s"] = loader_rate(ds, index_batches[: 4 * args.steps], vocab, args.workers)
     print(f"loader ({args.workers} workers): {report['loader_batches_per_s']:.1f} batches/s", flush=True)
 
+    for shape, length in ((1, 1), (args.shape_multiple, args.length_multiple)):
+        counts = distinct_shapes(ds, index_batches, vocab, shape, length)
+        report[f"shapes_multiple_{shape}_{length}"] = counts
+        print(f"one epoch of {len(examples)} expressions, sides x{shape}, length x{length}: {counts}", flush=True)
+
     n = args.steps
-    batches = [collate([ds[i] for i in b], vocab).to(device) for b in index_batches[: 2 * n + 5]]
+    batches = [collate([ds[i] for i in b], vocab, shape_multiple=args.shape_multiple,
+                       length_multiple=args.length_multiple).to(device) for b in index_batches[: 2 * n + 5]]
     report["images_per_batch"] = sum(b.imgs.shape[0] for b in batches) / len(batches)
     torch.manual_seed(0)
     for channels_last in (True, False):

@@ -108,3 +108,32 @@ def test_elastic_warp_moves_points_smoothly_and_keeps_the_strokes():
         assert (change <= 0.5 * step + 1e-9).all()
     same, _, _ = augment_strokes(strokes, AugmentConfig(scale=(1.0, 1.0)), np.random.default_rng(0))
     assert all(a is b for a, b in zip(same, strokes))
+
+
+def test_shape_and_length_multiples_pad_a_batch_without_changing_what_it_teaches():
+    import torch
+
+    from model.config import HMERConfig
+    from model.hmer import HMER
+
+    from tests.helpers import synthetic_examples
+
+    vocab = Vocabulary.default()
+    examples = synthetic_examples(["x ^ { 2 }", "\\frac { a } { b } + 1"])
+    ds = InkDataset(examples, vocab, RasterConfig(symbol_px=20), augment=None)
+    items = [ds[0], ds[1]]
+    plain = collate(items, vocab)
+    padded = collate(items, vocab, shape_multiple=64, length_multiple=8)
+    h, w = padded.imgs.shape[-2:]
+    assert h % 64 == 0 and w % 64 == 0 and padded.targets.tgt.shape[1] % 8 == 0
+    assert padded.targets.tgt.shape[1] > plain.targets.tgt.shape[1]
+    assert padded.masks[:, plain.imgs.shape[2]:, :].all() and padded.masks[:, :, plain.imgs.shape[3]:].all()
+    torch.manual_seed(0)
+    model = HMER(HMERConfig.tiny()).eval()
+    with torch.no_grad():
+        loss_plain, _ = model.loss(*model(plain.imgs, plain.masks, plain.targets.tgt), plain.targets)
+        longer = collate(items, vocab, length_multiple=8)  # only the length: exactly the same loss
+        loss_longer, _ = model.loss(*model(longer.imgs, longer.masks, longer.targets.tgt), longer.targets)
+        loss_padded, _ = model.loss(*model(padded.imgs, padded.masks, padded.targets.tgt), padded.targets)
+    assert torch.allclose(loss_longer, loss_plain, rtol=1e-5)
+    assert torch.allclose(loss_padded, loss_plain, rtol=0.05)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from model.config import RasterConfig
@@ -172,16 +173,32 @@ class InkDataset(torch.utils.data.Dataset):
         return image, self.ids[index], index
 
 
-def collate(items: Sequence[tuple[np.ndarray, list[int], int]], vocab: Vocabulary) -> "Batch":
-    h = max(img.shape[0] for img, _, _ in items)
-    w = max(img.shape[1] for img, _, _ in items)
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def collate(
+    items: Sequence[tuple[np.ndarray, list[int], int]],
+    vocab: Vocabulary,
+    shape_multiple: int = 1,
+    length_multiple: int = 1,
+) -> "Batch":
+    """Pad a batch. `shape_multiple` rounds the image sides up and `length_multiple` the
+    target length, so batches repeat a few shapes: cuDNN sets each new shape up on the
+    CPU (about 2 ms a convolution), which on a GPU cost more than the training itself."""
+    h = _round_up(max(img.shape[0] for img, _, _ in items), shape_multiple)
+    w = _round_up(max(img.shape[1] for img, _, _ in items), shape_multiple)
     imgs = torch.zeros(len(items), 1, h, w)
     masks = torch.ones(len(items), h, w, dtype=torch.bool)
     for i, (img, _, _) in enumerate(items):
         imgs[i, 0, : img.shape[0], : img.shape[1]] = torch.from_numpy(img)
         masks[i, : img.shape[0], : img.shape[1]] = False
     seqs = [ids for _, ids, _ in items]
-    return Batch(imgs, masks, seqs, bidirectional_targets(seqs, vocab), [i for _, _, i in items])
+    targets = bidirectional_targets(seqs, vocab)
+    extra = _round_up(targets.tgt.shape[1], length_multiple) - targets.tgt.shape[1]
+    if extra:  # more padding positions: ignored by the loss, like any other padding
+        targets = Targets(*(F.pad(t, (0, extra), value=vocab.pad_id) for t in (targets.tgt, targets.out, targets.aux_out)))
+    return Batch(imgs, masks, seqs, targets, [i for _, _, i in items])
 
 
 @dataclass

@@ -174,6 +174,10 @@ class Trainer:
             batches = batches[: max(world, len(batches) // world * world)]
         return batches
 
+    def _collate(self) -> partial:
+        d = self.cfg.data
+        return partial(collate, vocab=self.vocab, shape_multiple=d.shape_multiple, length_multiple=d.length_multiple)
+
     def _lr(self) -> float:
         o, s = self.cfg.optim, self.cfg.schedule
         lr = o.lr
@@ -307,7 +311,7 @@ class Trainer:
             val_set = InkDataset(examples, self.vocab, self.cfg.model.raster, augment=None)
             sizes = [nominal_size(e.strokes, self.cfg.model.raster) for e in examples]
             batches = size_batches(sizes, self.cfg.data.pixel_budget, self.cfg.data.max_batch, 0, 0, shuffle=False)
-            loader = DataLoader(val_set, batch_sampler=batches, collate_fn=partial(collate, vocab=self.vocab))
+            loader = DataLoader(val_set, batch_sampler=batches, collate_fn=self._collate())
             for batch in loader:
                 batch = batch.to(self.device)
                 limit = max(length_limit(len(examples[i].strokes)) for i in batch.indices)  # as the app does
@@ -343,7 +347,7 @@ class Trainer:
         start = time.monotonic()
         session_start_elapsed = self.elapsed
         last_ckpt = time.monotonic()
-        collate_fn = partial(collate, vocab=self.vocab)
+        collate_fn = self._collate()
         images = 0
         stop_reason = "max_epochs"
         try:
