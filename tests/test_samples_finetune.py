@@ -178,12 +178,16 @@ def test_encoder_only_finetune_keeps_every_decoder_weight(tmp_path, tiny_checkpo
     samples = synthetic_examples(NEW_EXPRESSIONS, copies=4, wobble=0.01)
     base, _, _ = load_checkpoint(tiny_checkpoint)
     changed = {}
-    for trainable in ("encoder", "all"):
-        cfg = FinetuneConfig(max_steps=10, lr=2e-3, eval_every=5, patience=10, trainable=trainable)
+    for trainable in ("encoder", "norm", "all"):
+        lr = 2e-2 if trainable == "norm" else 2e-3  # a few hundred weights need bigger steps in 10 steps
+        cfg = FinetuneConfig(max_steps=10, lr=lr, eval_every=5, patience=10, trainable=trainable)
         finetune(tiny_checkpoint, samples, tmp_path / f"{trainable}.pt", cfg)
         tuned, _, _ = load_checkpoint(tmp_path / f"{trainable}.pt")
         changed[trainable] = {k for k, v in tuned.state_dict().items() if not torch.equal(v, base.state_dict()[k])}
     assert changed["encoder"] and all(k.startswith("encoder.") for k in changed["encoder"])
     assert any(k.startswith("decoder.") for k in changed["all"])
+    norm_names = {f"encoder.{name}.{p}" for name, m in base.encoder.named_modules()
+                  if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)) for p in ("weight", "bias")}  # fmt: skip
+    assert changed["norm"] and changed["norm"] <= norm_names
     with pytest.raises(ValueError, match="trainable"):
         FinetuneConfig(trainable="decoder")

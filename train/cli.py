@@ -19,8 +19,9 @@ def finetune_main(argv: list[str]) -> int:
     parser.add_argument("--data", help="CROHME-layout folder: replay its training data, report on a 2014 subset")
     parser.add_argument("--steps", type=int, default=200, help="at most this many steps")
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--trainable", choices=("encoder", "all"), default="encoder",
-                        help="encoder (default): adapt to the handwriting, keep the decoder; all: every weight")
+    parser.add_argument("--trainable", choices=("encoder", "norm", "all"), default="encoder",
+                        help="encoder (default): adapt to the handwriting, keep the decoder; norm: only the "
+                        "encoder's normalization scales and shifts; all: every weight")
     parser.add_argument("--json", dest="json_out", help="write the report here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")

@@ -31,7 +31,19 @@ from train.metrics import ExpRateCounter
 
 log = logging.getLogger(__name__)
 
-TRAINABLE = ("encoder", "all")  # which weights a fine-tune changes
+TRAINABLE = ("encoder", "norm", "all")  # which weights a fine-tune changes
+
+
+def trainable_parameters(model: HMER, trainable: str) -> list[torch.nn.Parameter]:
+    """"encoder": every encoder weight; "norm": only the encoder's normalization scales and
+    shifts (about 1% of it: a per-channel adapter that can follow a pen's width and
+    contrast but cannot memorize formulas); "all": every weight."""
+    if trainable == "all":
+        return list(model.parameters())
+    if trainable == "norm":
+        norms = (torch.nn.BatchNorm2d, torch.nn.LayerNorm)
+        return [p for m in model.encoder.modules() if isinstance(m, norms) for p in m.parameters(recurse=False)]
+    return list(model.encoder.parameters())
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,7 @@ class FinetuneConfig:
     # "encoder": adapt only how ink is seen, keeping the decoder's knowledge of formulas.
     # A few dozen expressions are too few formulas to retrain a language model on: a
     # whole-model fine-tune learns those formulas rather than the handwriting.
-    # "all": every weight.
+    # "norm": only the encoder's normalization scales and shifts. "all": every weight.
     trainable: str = "encoder"
     augment: AugmentConfig = field(
         default_factory=lambda: AugmentConfig(scale=(0.8, 1.25), rotate_deg=2.0, shear=0.1, stroke_jitter=0.02)
@@ -160,7 +172,7 @@ def finetune(
     rng = np.random.default_rng(config.seed)
     user_ds = InkDataset(train_set, vocab, model.config.raster, config.augment, seed=config.seed)
     replay_ds = InkDataset(replay, vocab, model.config.raster, config.augment, seed=config.seed + 1) if replay else None
-    params = list(model.encoder.parameters() if config.trainable == "encoder" else model.parameters())
+    params = trainable_parameters(model, config.trainable)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params:
