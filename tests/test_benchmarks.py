@@ -62,3 +62,21 @@ def test_search_stopping_replay_reproduces_the_reference_search(tmp_path, tiny_c
     rules = json.loads(out.read_text())["rules"]
     assert rules["reference"]["identical"] == 1.0 and rules["reference"]["exprate"] == 100.0
     assert rules["1 finished"]["mean_steps"] <= rules["reference"]["mean_steps"]
+
+
+def test_train_step_profile_counts_shapes_and_times_fresh_and_seen_ones(tmp_path):
+    data = tmp_path / "data"
+    for i in range(12):
+        latex = SYNTHETIC_EXPRESSIONS[i % len(SYNTHETIC_EXPRESSIONS)]
+        write_inkml(data / "train" / f"t{i}.inkml", ink_for(latex, size=9.0 + i), latex)
+    out = tmp_path / "profile.json"
+    done = _run("benchmarks/train_step_profile.py", "--data", str(data), "--preset", "tiny", "--device", "cpu",
+                "--steps", "2", "--workers", "0", "--max-batch", "1", "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    plain, padded = report["shapes_multiple_1_1"], report["shapes_multiple_32_8"]
+    assert plain["batches"] == padded["batches"] == 12
+    assert padded["encoder_shapes"] < plain["encoder_shapes"]  # padding is what makes shapes repeat
+    for layout in ("channels_last", "contiguous"):
+        assert set(report[layout]) == {"fresh_ms", "seen_again_ms", "one_shape_ms"}
+    assert report["loader_batches_per_s"] > 0 and "top_by_self_cpu_time_total" in report
