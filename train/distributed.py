@@ -48,4 +48,8 @@ def barrier(info: DistInfo) -> None:
 
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
+        # Every rank reaches the teardown together: a rank that destroys the group while
+        # another still finishes its last collective can abort that one in gloo's threads
+        # ("terminate called without an active exception", seen once in CI).
+        dist.barrier()
         dist.destroy_process_group()
