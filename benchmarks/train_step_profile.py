@@ -39,7 +39,8 @@ def sync(device: torch.device) -> None:
 
 def loader_rate(ds: InkDataset, batches: list[list[int]], vocab: Vocabulary, workers: int) -> float:
     """Batches per second the DataLoader delivers, with no training."""
-    loader = DataLoader(ds, batch_sampler=batches, collate_fn=partial(collate, vocab=vocab), num_workers=workers)  # fmt: skip
+    collate_fn = partial(collate, vocab=vocab)
+    loader = DataLoader(ds, batch_sampler=batches, collate_fn=collate_fn, num_workers=workers)
     start, n = time.perf_counter(), 0
     for i, _ in enumerate(loader):
         if i == 2:  # worker start-up excluded
@@ -48,11 +49,11 @@ def loader_rate(ds: InkDataset, batches: list[list[int]], vocab: Vocabulary, wor
     return n / (time.perf_counter() - start)
 
 
-def distinct_shapes(ds: InkDataset, batches: list[list[int]], vocab: Vocabulary, shape: int, length: int) -> dict:
+def distinct_shapes(items: dict, batches: list[list[int]], vocab: Vocabulary, shape: int, length: int) -> dict:
     """How many distinct input shapes one epoch's batches give the encoder and the ARM."""
     encoder, arm = set(), set()
     for b in batches:
-        batch = collate([ds[i] for i in b], vocab, shape_multiple=shape, length_multiple=length)
+        batch = collate([items[i] for i in b], vocab, shape_multiple=shape, length_multiple=length)
         n, _, h, w = batch.imgs.shape
         encoder.add((n, h, w))
         arm.add((n, batch.targets.tgt.shape[1], h // 16, w // 16))
@@ -110,14 +111,15 @@ def main() -> int:
     report["loader_batches_per_s"] = loader_rate(ds, index_batches[: 4 * args.steps], vocab, args.workers)
     print(f"loader ({args.workers} workers): {report['loader_batches_per_s']:.1f} batches/s", flush=True)
 
+    items = {i: ds[i] for b in index_batches for i in b}  # rendered once, for every count and batch below
     for shape, length in ((1, 1), (args.shape_multiple, args.length_multiple)):
-        counts = distinct_shapes(ds, index_batches, vocab, shape, length)
+        counts = distinct_shapes(items, index_batches, vocab, shape, length)
         report[f"shapes_multiple_{shape}_{length}"] = counts
         print(f"one epoch of {len(examples)} expressions, sides x{shape}, length x{length}: {counts}", flush=True)
 
     n = args.steps
-    batches = [collate([ds[i] for i in b], vocab, shape_multiple=args.shape_multiple,
-                       length_multiple=args.length_multiple).to(device) for b in index_batches[: 2 * n + 5]]
+    pad = {"shape_multiple": args.shape_multiple, "length_multiple": args.length_multiple}
+    batches = [collate([items[i] for i in b], vocab, **pad).to(device) for b in index_batches[: 2 * n + 5]]
     report["images_per_batch"] = sum(b.imgs.shape[0] for b in batches) / len(batches)
     torch.manual_seed(0)
     for channels_last in (True, False):
@@ -140,14 +142,11 @@ def main() -> int:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
         step_times(model, batches[2 * n : 2 * n + 5], device, True)
-    for key in ("self_cpu_time_total", "self_device_time_total" if device.type == "cuda" else None):
-        if key:
-            try:
-                table = prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=40)
-            except (KeyError, AttributeError, ValueError):  # older torch names it self_cuda_time_total
-                table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=14)
-            print(table, flush=True)
-            report[f"top_by_{key}"] = table
+    keys = ["self_cpu_time_total"] + (["self_device_time_total"] if device.type == "cuda" else [])
+    for key in keys:
+        table = prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=40)
+        print(table, flush=True)
+        report[f"top_by_{key}"] = table
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

@@ -197,7 +197,8 @@ def collate(
     targets = bidirectional_targets(seqs, vocab)
     extra = _round_up(targets.tgt.shape[1], length_multiple) - targets.tgt.shape[1]
     if extra:  # more padding positions: ignored by the loss, like any other padding
-        targets = Targets(*(F.pad(t, (0, extra), value=vocab.pad_id) for t in (targets.tgt, targets.out, targets.aux_out)))
+        padded = (F.pad(t, (0, extra), value=vocab.pad_id) for t in (targets.tgt, targets.out, targets.aux_out))
+        targets = Targets(*padded)
     return Batch(imgs, masks, seqs, targets, [i for _, _, i in items])
 
 
