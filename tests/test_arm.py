@@ -1,0 +1,69 @@
+"""The ARM computes the paper's composition: conv 5x5, ReLU, CBAM, zeroed padding,
+1x1 projection, masked BatchNorm, in that order. The module reorders the last steps
+for speed; this pins it to the literal order, in training (BatchNorm statistics and
+gradients) and in evaluation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.arm import AttentionRefinementModule
+from model.config import HMERConfig
+
+
+def _literal(arm: AttentionRefinementModule, coverage: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    cov = F.relu(arm.conv(coverage))
+    cov = arm.cbam(cov)  # channel then spatial attention, each multiplying the dc-channel map
+    if mask is not None:
+        cov = cov.masked_fill(mask, 0.0)
+    return arm.post_norm(arm.proj(cov), mask)
+
+
+def _arm() -> AttentionRefinementModule:
+    torch.manual_seed(0)
+    arm = AttentionRefinementModule(HMERConfig.tiny())
+    for m in arm.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return arm
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_arm_equals_the_literal_composition(training: bool, padded: bool, channels_last: bool):
+    arm = _arm()
+    reference = copy.deepcopy(arm)
+    arm.train(training)
+    reference.train(training)
+    channels = arm.conv.in_channels
+    coverage = torch.rand(6, channels, 5, 9) * 3
+    mask = None
+    if padded:
+        mask = torch.zeros(6, 1, 5, 9, dtype=torch.bool)
+        mask[::2, :, 3:] = True
+        mask[1, :, :, 6:] = True
+    ours_in = coverage.clone()
+    if channels_last:  # the decoder hands the ARM its input in this layout
+        ours_in = ours_in.contiguous(memory_format=torch.channels_last)
+    ours_in.requires_grad_()
+    ref_in = coverage.clone().requires_grad_()
+    ours = arm(ours_in, mask)
+    expected = _literal(reference, ref_in, mask)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    if training:
+        weights = torch.randn_like(ours)
+        (ours * weights).sum().backward()
+        (expected * weights).sum().backward()
+        torch.testing.assert_close(ours_in.grad, ref_in.grad, atol=1e-5, rtol=1e-4)
+        for (name, p), q in zip(arm.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(arm.post_norm.bn.running_mean, reference.post_norm.bn.running_mean)
+        torch.testing.assert_close(arm.post_norm.bn.running_var, reference.post_norm.bn.running_var)
