@@ -102,7 +102,8 @@ def _smoke_test(app, window, ink: Path, screenshot: str | None, timeout: float) 
         prediction = outcome["prediction"]
         if prediction.tokens:
             window.attention.select(0)
-        app.processEvents()
+        for _ in range(3):  # new widgets take more than one round of layout requests to settle
+            app.processEvents()
         print(prediction.latex)
         if screenshot and not window.grab().save(str(screenshot)):
             print(f"hmer-desktop: could not write {screenshot}", file=sys.stderr)
