@@ -110,7 +110,9 @@ NEW_EXPRESSIONS = ["3 + 1", "b - a", "2 ^ { 3 }"]
 def test_finetune_fits_new_samples_and_writes_a_new_version(tmp_path, tiny_checkpoint):
     samples = synthetic_examples(NEW_EXPRESSIONS, copies=4, wobble=0.01)
     out = tmp_path / "ft.pt"
-    cfg = FinetuneConfig(max_steps=120, lr=2e-3, eval_every=30, patience=10)
+    # 120 steps fitted or not depending on float rounding in the tiny model's training
+    # (seen both ways on the same code); 240 fitted every case tried
+    cfg = FinetuneConfig(max_steps=240, lr=2e-3, eval_every=30, patience=10)
     report = finetune(tiny_checkpoint, samples, out, cfg)
     assert report.output == str(out) and out.exists()
     assert report.train_after > report.train_before + 30
