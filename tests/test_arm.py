@@ -51,7 +51,7 @@ def test_arm_equals_the_literal_composition(training: bool, padded: bool, channe
         mask[::2, :, 3:] = True
         mask[1, :, :, 6:] = True
     ours_in = coverage.clone()
-    if channels_last:  # the decoder hands the ARM its input in this layout
+    if channels_last:  # as in a model trained with `channels_last`: the conv output, and so `_project`, follow
         ours_in = ours_in.contiguous(memory_format=torch.channels_last)
     ours_in.requires_grad_()
     ref_in = coverage.clone().requires_grad_()
