@@ -162,3 +162,35 @@ def test_ema_is_the_weighted_average_of_the_weights_before_and_after_a_step(tmp_
         expected = decay * before[k] + (1 - decay) * v if v.is_floating_point() else v
         assert torch.allclose(trainer.ema[k], expected, atol=1e-6), k
     assert not torch.equal(trainer.ema["decoder.head.weight"], before["decoder.head.weight"])
+
+
+def test_a_failed_rank_leaves_the_process_group_without_waiting_for_the_others(monkeypatch, tmp_path):
+    import torch.distributed as dist
+
+    import train.distributed as distributed
+    import train.trainer as trainer_module
+    from train.cli import main as train_main
+
+    calls: list[str] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+    two_ranks = distributed.DistInfo(rank=1, world_size=2)
+    distributed.shutdown(two_ranks)
+    assert calls == ["barrier", "destroy"]  # a finished run: every rank tears down together
+    calls.clear()
+
+    class FailingTrainer:  # fails mid-run, as a rank that runs out of memory or disk would
+        def __init__(self, *args, **kwargs) -> None:
+            self.dist = two_ranks
+
+        def run(self):
+            raise RuntimeError("disk full")
+
+        def close(self, finished: bool = True) -> None:
+            distributed.shutdown(self.dist, finished)
+
+    monkeypatch.setattr(trainer_module, "Trainer", FailingTrainer)
+    with pytest.raises(RuntimeError, match="disk full"):
+        train_main(["--config", "paper", "--data", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert calls == ["destroy"]  # no barrier: the other ranks may never reach one

@@ -104,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = trainer.run()
-    finally:
-        trainer.close()
+    except BaseException:
+        trainer.close(finished=False)
+        raise
+    trainer.close()
     print(json.dumps(result, indent=2))
     return 0
 

@@ -46,10 +46,14 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(info: DistInfo, finished: bool = True) -> None:
+    """Leave the process group. After a finished run every rank waits for the others
+    first: a rank that destroys the group while another still finishes its last
+    collective can abort that one in gloo's threads ("terminate called without an
+    active exception", seen once in CI). A rank that failed must not wait: the
+    others are stuck in a collective of their own, and the barrier would hang it
+    until the group's timeout instead of letting torchrun stop the run."""
     if info.enabled and dist.is_initialized():
-        # Every rank reaches the teardown together: a rank that destroys the group while
-        # another still finishes its last collective can abort that one in gloo's threads
-        # ("terminate called without an active exception", seen once in CI).
-        dist.barrier()
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()

@@ -414,9 +414,9 @@ class Trainer:
             result["final"] = self.final_evaluation()
         return result
 
-    def close(self) -> None:
-        """Leave the process group (torchrun runs)."""
-        shutdown(self.dist)
+    def close(self, finished: bool = True) -> None:
+        """Leave the process group (torchrun runs); `finished` False after a failure."""
+        shutdown(self.dist, finished)
 
     def final_evaluation(self) -> dict[str, Any]:
         from train.evaluate import evaluate_examples
