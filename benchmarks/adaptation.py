@@ -8,7 +8,14 @@ every expression of the writer is tested once, by a model that never saw it
 one expression is several points). Also measured: ExpRate on a fixed sample of
 everybody else's expressions, before and after (forgetting).
 
+CROHME's test writers write much like its training writers, so there is little
+of a writer's own to learn. `--slant` and `--squeeze` simulate a person whose
+handwriting is unlike the training data: every expression of the chosen writers
+(adapt and test folds alike; never the others) is slanted by `x += slant * (cy - y)`
+and each of its strokes narrowed to `squeeze` of its width about its own center.
+
     python benchmarks/adaptation.py --data ../shared/datasets/crohme --checkpoint assets/hmer_small.pt --writers 5
+    python benchmarks/adaptation.py ... --slant 0.5 --squeeze 0.6   # a writer the model reads badly
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import sys
 import tempfile
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +35,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model.checkpoint import load_checkpoint  # noqa: E402
 from train.data import Example, load_split  # noqa: E402
 from train.finetune import TRAINABLE, FinetuneConfig, exprate, finetune  # noqa: E402
+
+
+def with_style(example: Example, slant: float, squeeze: float) -> Example:
+    """The expression as a writer with a strong slant and narrow letters would write it.
+    y grows downwards in ink coordinates, so a positive slant leans letters to the right."""
+    if slant == 0 and squeeze == 1:
+        return example
+    pts = np.concatenate([s[:, :2] for s in example.strokes])
+    cy = (pts[:, 1].min() + pts[:, 1].max()) / 2
+    strokes = []
+    for stroke in example.strokes:
+        xy = stroke[:, :2].astype(np.float64)
+        cx = (xy[:, 0].min() + xy[:, 0].max()) / 2
+        x = cx + squeeze * (xy[:, 0] - cx) + slant * (cy - xy[:, 1])
+        strokes.append(np.concatenate([np.stack([x, xy[:, 1]], axis=1), stroke[:, 2:]], axis=1))
+    return replace(example, strokes=strokes)
 
 
 def main() -> int:
@@ -41,10 +65,14 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=FinetuneConfig.lr)
     parser.add_argument("--trainable", choices=TRAINABLE, default=FinetuneConfig.trainable)
     parser.add_argument("--no-replay", action="store_true", help="do not replay CROHME training data")
+    parser.add_argument("--slant", type=float, default=0.0, help="simulated style: shear of the writers' ink")
+    parser.add_argument("--squeeze", type=float, default=1.0, help="simulated style: width factor of each stroke")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.folds < 2:
         parser.error("--folds must be at least 2")
+    if not 0.1 <= args.squeeze <= 2.0:
+        parser.error("--squeeze must be in [0.1, 2]")
 
     _, vocab, _ = load_checkpoint(args.checkpoint)
     examples: list[Example] = []
@@ -63,7 +91,7 @@ def main() -> int:
     base, _, _ = load_checkpoint(args.checkpoint)
     rows = []
     for writer in chosen:
-        mine = by_writer[writer]
+        mine = [with_style(e, args.slant, args.squeeze) for e in by_writer[writer]]
         fold_of = np.random.default_rng(0).permutation(len(mine)) % args.folds
         others = [e for e in examples if e.writer != writer]
         others = [others[i] for i in np.random.default_rng(1).permutation(len(others))[: args.others]]
@@ -90,6 +118,7 @@ def main() -> int:
     summary = {
         "checkpoint": str(args.checkpoint), "writers": rows, "decode": "greedy", "folds": args.folds,
         "steps": args.steps, "lr": args.lr, "trainable": args.trainable, "replay": replay is not None,
+        "simulated_style": {"slant": args.slant, "squeeze": args.squeeze},
         "pooled_writer_before": sum(r["writer_before"] * r["expressions"] for r in rows) / max(1, total),
         "pooled_writer_after": sum(r["writer_after"] * r["expressions"] for r in rows) / max(1, total),
         "mean_writer_gain": float(np.mean([r["writer_after"] - r["writer_before"] for r in rows])) if rows else 0.0,

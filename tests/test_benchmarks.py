@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+
+import numpy as np
 
 from model.inkml import write_inkml
 from tests.conftest import REPO, SYNTHETIC_EXPRESSIONS
@@ -43,13 +46,33 @@ def test_adaptation_benchmark_tests_every_expression_of_a_writer_once(tmp_path, 
         write_inkml(data / "train" / f"t{i}.inkml", ink_for(latex, size=11.0), latex)
     out = tmp_path / "adapt.json"
     done = _run("benchmarks/adaptation.py", "--data", str(data), "--checkpoint", str(tiny_checkpoint),
-                "--splits", "2014", "--writers", "1", "--steps", "3", "--others", "2", "--json", str(out))  # fmt: skip
+                "--splits", "2014", "--writers", "1", "--steps", "3", "--others", "2", "--slant", "0.4",
+                "--squeeze", "0.7", "--json", str(out))  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     (row,) = report["writers"]
     assert row["writer"] == "2014/7" and row["expressions"] == 4 and len(row["steps"]) == 2
     assert report["trainable"] == "encoder" and report["replay"] is True
+    assert report["simulated_style"] == {"slant": 0.4, "squeeze": 0.7}
     assert {"pooled_writer_before", "pooled_writer_after", "mean_others_change"} <= set(report)
+
+
+def test_simulated_writer_style_slants_the_expression_and_narrows_each_stroke():
+    spec = importlib.util.spec_from_file_location("adaptation", REPO / "benchmarks" / "adaptation.py")
+    adaptation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(adaptation)
+    from train.data import Example
+
+    vertical = np.array([[0.0, 0.0, 0.5], [0.0, 10.0, 0.7]])  # x, y (down), pressure
+    horizontal = np.array([[20.0, 5.0], [30.0, 5.0]])
+    plain = Example("e", [vertical, horizontal], ["1", "-"])
+    styled = adaptation.with_style(plain, slant=0.5, squeeze=0.6)
+    top, bottom = styled.strokes[0][:, :2]
+    assert top[0] - bottom[0] == 5.0 and (top[1], bottom[1]) == (0.0, 10.0)  # the top leans right
+    assert np.array_equal(styled.strokes[0][:, 2], vertical[:, 2])  # pressure kept
+    assert np.ptp(styled.strokes[1][:, 0]) == 6.0 and styled.strokes[1][:, 0].mean() == 25.0  # narrowed in place
+    assert plain.strokes[0] is vertical and styled.tokens == plain.tokens  # the original is untouched
+    assert adaptation.with_style(plain, 0.0, 1.0) is plain
 
 
 def test_search_stopping_replay_reproduces_the_reference_search(tmp_path, tiny_checkpoint):
