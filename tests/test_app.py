@@ -357,3 +357,38 @@ def test_dropping_an_inkml_file_loads_its_ink(qtbot, make_window, tmp_path):
     assert len(window.document.strokes) == len(ink_for("1 + 2"))
     x0, y0, x1, y1 = window.document.bounds()
     assert y1 - y0 > 50  # drawn at a readable size
+
+
+def _prediction_with(tokens: list[str]):
+    from model.prediction import Prediction
+
+    t = len(tokens)
+    return Prediction(latex=" ".join(tokens), tokens=tokens, score=-1.0, token_probs=np.full(t, 0.9),
+                      attention=np.random.default_rng(0).random((t, 2, 8)), image=np.zeros((32, 128), np.float32),
+                      ink_to_image=None, downsample=16, structure=tokens, expected_structure=tokens, alternatives=[])  # fmt: skip
+
+
+def test_arrow_keys_step_through_tokens_and_the_strip_follows(qtbot):
+    from hmer_desktop.widgets.attention import AttentionPanel
+
+    panel = AttentionPanel()
+    qtbot.addWidget(panel)
+    panel.resize(360, 240)
+    panel.show()
+    qtbot.waitExposed(panel)
+    tokens = [f"x_{i}" for i in range(30)]
+    panel.show_prediction(_prediction_with(tokens))
+    QApplication.processEvents()
+    panel._buttons[0].setFocus()
+    qtbot.keyClick(panel._buttons[0], Qt.Key.Key_Right)
+    assert panel.selected == 0  # nothing selected yet: Right starts at the first token
+    qtbot.keyClick(panel._buttons[0], Qt.Key.Key_Left)
+    assert panel.selected == 0  # stops at the ends
+    viewport = panel.strip_scroll.viewport()
+    last = panel._buttons[-1]
+    assert not viewport.rect().contains(last.mapTo(viewport, last.rect().center()))  # off-screen at first
+    for _ in range(40):
+        qtbot.keyClick(panel._buttons[0], Qt.Key.Key_Right)
+    assert panel.selected == len(tokens) - 1 and last.isChecked()
+    qtbot.waitUntil(lambda: viewport.rect().contains(last.mapTo(viewport, last.rect().center())), timeout=2000)
+    assert f"token 30/30: x_29" in panel.caption.text()

@@ -1,12 +1,13 @@
 """Why the model read what it read: the predicted tokens as a strip colored by
 confidence; selecting one shows where the decoder looked (on the model's input
-here, and on the ink in the canvas); play steps through the tokens."""
+here, and on the ink in the canvas); play, or the arrow keys, step through the
+tokens."""
 
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QTimer, Signal
-from PySide6.QtGui import QColor, QPainter, QPixmap
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QKeySequence, QPainter, QPixmap, QShortcut
 from PySide6.QtWidgets import (QButtonGroup, QHBoxLayout, QLabel, QPushButton, QScrollArea, QToolButton,
                                QVBoxLayout, QWidget)  # fmt: skip
 
@@ -55,10 +56,15 @@ class AttentionPanel(QWidget):
         self._strip_layout.setContentsMargins(0, 0, 0, 0)
         self._strip_layout.setSpacing(2)
         self._strip_layout.addStretch(1)
-        strip_scroll = QScrollArea()
-        strip_scroll.setWidget(self._strip)
-        strip_scroll.setWidgetResizable(True)
-        strip_scroll.setFixedHeight(48)
+        self.strip_scroll = QScrollArea()
+        self.strip_scroll.setWidget(self._strip)
+        self.strip_scroll.setWidgetResizable(True)
+        self.strip_scroll.setFixedHeight(48)
+        # Left/Right step through the tokens while focus is anywhere in the panel (the
+        # token buttons would otherwise only move the focus frame, not the selection)
+        for key, delta in ((Qt.Key.Key_Left, -1), (Qt.Key.Key_Right, 1)):
+            shortcut = QShortcut(QKeySequence(key), self, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            shortcut.activated.connect(lambda delta=delta: self.step(delta))
 
         self.play_button = QPushButton("▶ Play")
         self.play_button.setCheckable(True)
@@ -74,7 +80,7 @@ class AttentionPanel(QWidget):
 
         top = QHBoxLayout()
         top.addWidget(QLabel("Tokens:"))
-        top.addWidget(strip_scroll, 1)
+        top.addWidget(self.strip_scroll, 1)
         top.addWidget(self.play_button)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
@@ -106,6 +112,7 @@ class AttentionPanel(QWidget):
             b.setMinimumWidth(max(b.sizeHint().width(), b.fontMetrics().horizontalAdvance(tok) + 24))
             self._group.addButton(b, i)
             self._strip_layout.insertWidget(i, b)
+            b.show()  # now, not when the layout's queued show runs: the strip measures at once
             self._buttons.append(b)
         self._render(-1)
 
@@ -115,8 +122,23 @@ class AttentionPanel(QWidget):
         self.selected = index
         if index >= 0:
             self._buttons[index].setChecked(True)
+            # Play and the keys scroll along; after the strip's pending relayout, which a new
+            # prediction's buttons need before the scroll range knows their width
+            QTimer.singleShot(0, self._scroll_to_selected)
         self._render(index)
         self.token_selected.emit(index)
+
+    def _scroll_to_selected(self) -> None:
+        if 0 <= self.selected < len(self._buttons):
+            self.strip_scroll.ensureWidgetVisible(self._buttons[self.selected], 24, 0)
+
+    def step(self, delta: int) -> None:
+        """Select the next (+1) or previous (-1) token, stopping at the ends."""
+        if self.prediction is None or not self.prediction.tokens:
+            return
+        last = len(self.prediction.tokens) - 1
+        start = -1 if self.selected < 0 and delta > 0 else (last + 1 if self.selected < 0 else self.selected)
+        self.select(min(last, max(0, start + delta)))
 
     def _hover(self, index: int) -> None:
         """Preview a hovered token; leaving shows the selected one again."""
@@ -144,7 +166,7 @@ class AttentionPanel(QWidget):
             self.caption.setText(f"token {index + 1}/{len(p.tokens)}: {p.tokens[index]}  "
                                  f"(p = {p.token_probs[index]:.3f}) — bright = where the model looked")  # fmt: skip
         else:
-            self.caption.setText("Select a token (or press Play) to see where the model looked.")
+            self.caption.setText("Select a token (or press Play, or ←/→) to see where the model looked.")
         scale = max(1.0, min(3.0, 160 / max(1, base.height())))
         self.input_view.setPixmap(base.scaled(int(base.width() * scale), int(base.height() * scale)))
 
