@@ -256,6 +256,7 @@ class MainWindow(QMainWindow):
             self.results.set_latex(self.prediction.alternatives[index].latex)
 
     def _on_token_selected(self, index: int) -> None:
+        self.structure.highlight(index)
         heat = self.attention.heat_for(index)
         p = self.prediction
         if heat is None or p is None or p.ink_to_image is None:

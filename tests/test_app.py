@@ -142,6 +142,9 @@ def test_selecting_a_token_changes_the_heatmap_overlay(qtbot, make_window):
     assert window.canvas._overlay == first and "token 1/" in window.attention.caption.text()
     QApplication.sendEvent(button, QEvent(QEvent.Type.Leave))  # ... and leaving restores the selection
     assert window.canvas._overlay == selected_overlay and window.attention.selected == 2
+    main, aux = window.structure._columns[2]  # the structure panel outlines the same position
+    assert "#1a4fd6" in main.styleSheet() and "#1a4fd6" in aux.styleSheet()
+    assert not any("#1a4fd6" in m.styleSheet() for m, _ in window.structure._columns[:2])
 
 
 def test_copy_buttons_put_the_right_text_on_the_clipboard(qtbot, make_window):

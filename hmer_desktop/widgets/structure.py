@@ -1,5 +1,6 @@
 """The auxiliary head's structure-only reading beside the structure of the main
-prediction; disagreements are highlighted, and a badge says whether they agree."""
+prediction; disagreements are highlighted, and a badge says whether they agree.
+The column of the token selected in the attention panel is outlined."""
 
 from __future__ import annotations
 
@@ -24,23 +25,27 @@ class StructurePanel(QWidget):
         self._grid = QGridLayout(self._grid_host)
         self._grid.setHorizontalSpacing(4)
         self._grid.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
-        scroll = QScrollArea()
-        scroll.setWidget(self._grid_host)
-        scroll.setWidgetResizable(True)
+        self.scroll = QScrollArea()
+        self.scroll.setWidget(self._grid_host)
+        self.scroll.setWidgetResizable(True)
         explain = QLabel(f"The auxiliary head predicts only the structure ({PLACEHOLDER_SHOWN} = any symbol). "
                          "When it disagrees with the main reading, the result may be wrong.")  # fmt: skip
         explain.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addWidget(self.badge)
-        layout.addWidget(scroll, 1)
+        layout.addWidget(self.scroll, 1)
         layout.addWidget(explain)
         self.mismatches: list[int] = []
+        self.highlighted = -1
+        self._columns: list[tuple[QLabel, QLabel]] = []  # (main, auxiliary) per position
+        self._styles: list[str] = []
 
     def show_prediction(self, prediction: Prediction | None) -> None:
         while self._grid.count():
             item = self._grid.takeAt(0)
             if item.widget():
                 item.widget().deleteLater()
+        self._columns, self._styles, self.highlighted = [], [], -1
         if prediction is None:
             self.badge.setText("")
             self.mismatches = []
@@ -52,17 +57,31 @@ class StructurePanel(QWidget):
         for i in range(n):
             exp = prediction.expected_structure[i] if i < len(prediction.expected_structure) else ""
             got = prediction.structure[i] if i < len(prediction.structure) else ""
-            bad = i in self.mismatches
+            style = "padding: 2px 4px; border: 1px solid #ccc;"
+            if i in self.mismatches:
+                style += " background: #ffb3b3; font-weight: bold;"
+            column = []
             for row, tok in ((0, exp), (1, got)):
                 label = QLabel(_shown(tok))
-                style = "padding: 2px 4px; border: 1px solid #ccc;"
-                if bad:
-                    style += " background: #ffb3b3; font-weight: bold;"
                 label.setStyleSheet(style)
                 self._grid.addWidget(label, row, i + 1)
+                column.append(label)
+            self._columns.append((column[0], column[1]))
+            self._styles.append(style)
         if prediction.structure_agrees:
             self.badge.setText("✔ structure agrees")
             self.badge.setStyleSheet("color: white; background: #2e7d32; padding: 4px; border-radius: 4px;")
         else:
             self.badge.setText(f"⚠ structure disagrees at {len(self.mismatches)} position(s): check the result")
             self.badge.setStyleSheet("color: black; background: #ffcc80; padding: 4px; border-radius: 4px;")
+
+    def highlight(self, index: int) -> None:
+        """Outline position `index` (-1: none), the token selected elsewhere, and scroll to it."""
+        for i in (self.highlighted, index):
+            if 0 <= i < len(self._columns):
+                extra = " border: 2px solid #1a4fd6;" if i == index else ""
+                for label in self._columns[i]:
+                    label.setStyleSheet(self._styles[i] + extra)
+        self.highlighted = index if 0 <= index < len(self._columns) else -1
+        if self.highlighted >= 0:
+            self.scroll.ensureWidgetVisible(self._columns[index][1], 24, 0)
