@@ -137,8 +137,10 @@ class AttentionPanel(QWidget):
         if self.prediction is None or not self.prediction.tokens:
             return
         last = len(self.prediction.tokens) - 1
-        start = -1 if self.selected < 0 and delta > 0 else (last + 1 if self.selected < 0 else self.selected)
-        self.select(min(last, max(0, start + delta)))
+        if self.selected < 0:  # nothing selected: Right starts at the first token, Left at the last
+            self.select(0 if delta > 0 else last)
+        else:
+            self.select(min(last, max(0, self.selected + delta)))
 
     def _hover(self, index: int) -> None:
         """Preview a hovered token; leaving shows the selected one again."""

@@ -79,7 +79,7 @@ class StructurePanel(QWidget):
         """Outline position `index` (-1: none), the token selected elsewhere, and scroll to it."""
         for i in (self.highlighted, index):
             if 0 <= i < len(self._columns):
-                extra = " border: 2px solid #1a4fd6;" if i == index else ""
+                extra = " border: 2px solid #1a4fd6; padding: 1px 3px;" if i == index else ""  # same size
                 for label in self._columns[i]:
                     label.setStyleSheet(self._styles[i] + extra)
         self.highlighted = index if 0 <= index < len(self._columns) else -1
