@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--max-minutes", type=float, help="override [loop] max_minutes")
     parser.add_argument("--max-steps", type=int, help="override [loop] max_steps")
+    parser.add_argument("--max-epochs", type=int, help="override [loop] max_epochs (a cosine schedule spans them)")
     parser.add_argument("--budget-minutes", type=float, help="override [loop] budget_minutes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")
@@ -91,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides["max_minutes"] = args.max_minutes
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
+    if args.max_epochs is not None:
+        if args.max_epochs < 1:
+            print("hmer-train: --max-epochs must be at least 1", file=sys.stderr)
+            return 2
+        overrides["max_epochs"] = args.max_epochs
     if args.budget_minutes is not None:
         overrides["budget_minutes"] = args.budget_minutes
     if overrides:
