@@ -194,3 +194,28 @@ def test_a_failed_rank_leaves_the_process_group_without_waiting_for_the_others(m
     with pytest.raises(RuntimeError, match="disk full"):
         train_main(["--config", "paper", "--data", str(tmp_path), "--out", str(tmp_path / "run")])
     assert calls == ["destroy"]  # no barrier: the other ranks may never reach one
+
+
+def test_max_epochs_on_the_command_line_overrides_the_config(monkeypatch, tmp_path, capsys):
+    import train.trainer as trainer_module
+    from train.cli import main as train_main
+
+    seen = []
+
+    class RecordingTrainer:
+        def __init__(self, cfg, *args, **kwargs) -> None:
+            seen.append(cfg)
+
+        def run(self):
+            return {}
+
+        def close(self, finished: bool = True) -> None:
+            pass
+
+    monkeypatch.setattr(trainer_module, "Trainer", RecordingTrainer)
+    args = ["--config", "cpu_small_anneal", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert train_main(args + ["--max-epochs", "7"]) == 0
+    (cfg,) = seen
+    assert cfg.loop.max_epochs == 7 and cfg.schedule.kind == "cosine"  # the decay now spans 7 epochs
+    assert cfg.optim.lr == 4e-4  # nothing else changed
+    assert train_main(args + ["--max-epochs", "0"]) == 2 and "at least 1" in capsys.readouterr().err
