@@ -334,7 +334,7 @@ class MainWindow(QMainWindow):
         try:
             sample_id = self.samples.add([s[:, :2] for s in self.document.strokes], latex)
         except SampleError as e:
-            self.results.latex.setStyleSheet("border: 2px solid #c62828; background: #ffebee;")
+            self.results.latex.setStyleSheet("border: 2px solid #c62828; background: #ffebee; color: black;")
             self.results.typeset_note.setText(f"Not saved as a sample: {e}")
             return None
         self.results.latex.setStyleSheet("")

@@ -395,3 +395,28 @@ def test_arrow_keys_step_through_tokens_and_the_strip_follows(qtbot):
     assert panel.selected == len(tokens) - 1 and last.isChecked()
     qtbot.waitUntil(lambda: viewport.rect().contains(last.mapTo(viewport, last.rect().center())), timeout=2000)
     assert f"token 30/30: x_29" in panel.caption.text()
+
+
+def test_token_labels_stay_readable_in_a_dark_theme(qtbot):
+    from PySide6.QtGui import QColor, QPalette
+
+    from hmer_desktop.widgets.attention import AttentionPanel
+
+    app = QApplication.instance()
+    before = app.palette()
+    dark = QPalette(before)
+    for role in (QPalette.ColorRole.WindowText, QPalette.ColorRole.ButtonText, QPalette.ColorRole.Text):
+        dark.setColor(role, QColor("white"))
+    app.setPalette(dark)
+    try:
+        panel = AttentionPanel()
+        qtbot.addWidget(panel)
+        panel.show_prediction(_prediction_with(["W"]))
+        panel.resize(300, 200)
+        panel.show()
+        qtbot.waitExposed(panel)
+        image = panel._buttons[0].grab().toImage()
+        darkest = min(image.pixelColor(x, y).lightness() for x in range(image.width()) for y in range(image.height()))
+        assert darkest < 80  # the glyph is drawn dark on the light confidence color, not white on it
+    finally:
+        app.setPalette(before)

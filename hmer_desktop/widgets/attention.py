@@ -106,7 +106,7 @@ class AttentionPanel(QWidget):
             b.setCheckable(True)
             b.setToolTip(f"{tok}: p = {p:.3f}")
             c = confidence_color(p)
-            b.setStyleSheet(f"QToolButton {{ background: {c.name()}; padding: 3px 6px; }}"
+            b.setStyleSheet(f"QToolButton {{ background: {c.name()}; color: black; padding: 3px 6px; }}"
                             "QToolButton:checked { border: 2px solid #1a4fd6; }")  # fmt: skip
             b.ensurePolished()  # apply the style sheet's padding before measuring
             b.setMinimumWidth(max(b.sizeHint().width(), b.fontMetrics().horizontalAdvance(tok) + 24))

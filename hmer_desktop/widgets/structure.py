@@ -59,7 +59,7 @@ class StructurePanel(QWidget):
             got = prediction.structure[i] if i < len(prediction.structure) else ""
             style = "padding: 2px 4px; border: 1px solid #ccc;"
             if i in self.mismatches:
-                style += " background: #ffb3b3; font-weight: bold;"
+                style += " background: #ffb3b3; color: black; font-weight: bold;"  # readable in dark themes too
             column = []
             for row, tok in ((0, exp), (1, got)):
                 label = QLabel(_shown(tok))
