@@ -90,8 +90,10 @@ def main() -> int:
     config = FinetuneConfig(max_steps=args.steps, lr=args.lr, trainable=args.trainable)
     base, _, _ = load_checkpoint(args.checkpoint)
     rows = []
+    styled = args.slant != 0 or args.squeeze != 1
     for writer in chosen:
         mine = [with_style(e, args.slant, args.squeeze) for e in by_writer[writer]]
+        plain = exprate(base, vocab, by_writer[writer]) if styled else None  # what the style costs
         fold_of = np.random.default_rng(0).permutation(len(mine)) % args.folds
         others = [e for e in examples if e.writer != writer]
         others = [others[i] for i in np.random.default_rng(1).permutation(len(others))[: args.others]]
@@ -108,10 +110,11 @@ def main() -> int:
             steps.append(report.steps)
             fit.append((report.train_before, report.train_after))  # did it learn its own samples?
         row = {"writer": writer, "expressions": len(mine), "steps": steps, "adapt_set_before_after": fit,
-               "writer_before": before_writer, "writer_after": 100 * correct_after / len(mine),
+               "writer_plain": plain, "writer_before": before_writer, "writer_after": 100 * correct_after / len(mine),
                "others_before": before_others, "others_after": float(np.mean(others_after))}  # fmt: skip
         rows.append(row)
-        print(f"writer {writer}: {row['writer_before']:.1f}% -> {row['writer_after']:.1f}% on their {len(mine)}; "
+        print(f"writer {writer}: " + (f"{plain:.1f}% plain, " if styled else "") +
+              f"{row['writer_before']:.1f}% -> {row['writer_after']:.1f}% on their {len(mine)}; "
               f"others {row['others_before']:.1f}% -> {row['others_after']:.1f}%; steps {steps}; "
               f"own training samples {', '.join(f'{a:.0f}->{b:.0f}%' for a, b in fit)}", flush=True)  # fmt: skip
     total = sum(r["expressions"] for r in rows)

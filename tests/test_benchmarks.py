@@ -54,6 +54,7 @@ def test_adaptation_benchmark_tests_every_expression_of_a_writer_once(tmp_path, 
     assert row["writer"] == "2014/7" and row["expressions"] == 4 and len(row["steps"]) == 2
     assert report["trainable"] == "encoder" and report["replay"] is True
     assert report["simulated_style"] == {"slant": 0.4, "squeeze": 0.7}
+    assert 0.0 <= row["writer_plain"] <= 100.0  # the same writer's plain ink, to show what the style costs
     assert {"pooled_writer_before", "pooled_writer_after", "mean_others_change"} <= set(report)
 
 
