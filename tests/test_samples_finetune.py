@@ -118,6 +118,7 @@ def test_finetune_fits_new_samples_and_writes_a_new_version(tmp_path, tiny_check
     assert report.train_after > report.train_before + 30
     assert report.n_holdout == 2 and report.holdout_after >= report.holdout_before
     assert "no replay" in report.notes[0]
+    assert "only 2 samples held out" in report.notes[1] and "50 points" in report.notes[1]
     _, _, meta = load_checkpoint(out)
     assert meta["parent"] == str(tiny_checkpoint) and meta["finetune"]["steps"] == report.steps
 

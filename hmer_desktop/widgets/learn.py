@@ -254,7 +254,8 @@ class FinetuneDialog(QDialog):
                  f"Your training samples: {pct(report.train_before)} → {pct(report.train_after)}"]  # fmt: skip
         if report.base_before is not None:
             lines.append(f"CROHME 2014 subset: {pct(report.base_before)} → {pct(report.base_after)}")
-        learned = "the ink reader (encoder)" if report.trainable == "encoder" else "the whole model"
+        learned = {"encoder": "the ink reader (encoder)", "norm": "the ink reader's normalization layers",
+                   "all": "the whole model"}.get(report.trainable, report.trainable)  # fmt: skip
         lines += [f"{report.steps} steps, stopped by {report.stopped}, {report.seconds:.0f} s; trained {learned}",
                   *report.notes]  # fmt: skip
         self.report.setPlainText("\n".join(lines))
