@@ -164,7 +164,7 @@ def finetune(
         report.notes.append("no CROHME training data given: fine-tuning on your samples only (no replay)")
     if not holdout:
         report.notes.append("fewer than 3 samples: nothing held out, the result is not validated")
-    elif len(holdout) < 10:  # measured: with 2-4 held out, early stopping and selection follow noise
+    elif len(holdout) < 10:  # with 2-4 held out, one sample swings the figure that stops and selects
         report.notes.append(f"only {len(holdout)} samples held out: each moves the held-out figure by "
                             f"{100 / len(holdout):.0f} points; save more samples for a firmer check")  # fmt: skip
     report.holdout_before = exprate(model, vocab, holdout) if holdout else None

@@ -38,14 +38,13 @@ class StructurePanel(QWidget):
         self.mismatches: list[int] = []
         self.highlighted = -1
         self._columns: list[tuple[QLabel, QLabel]] = []  # (main, auxiliary) per position
-        self._styles: list[str] = []
 
     def show_prediction(self, prediction: Prediction | None) -> None:
         while self._grid.count():
             item = self._grid.takeAt(0)
             if item.widget():
                 item.widget().deleteLater()
-        self._columns, self._styles, self.highlighted = [], [], -1
+        self._columns, self.highlighted = [], -1
         if prediction is None:
             self.badge.setText("")
             self.mismatches = []
@@ -57,17 +56,11 @@ class StructurePanel(QWidget):
         for i in range(n):
             exp = prediction.expected_structure[i] if i < len(prediction.expected_structure) else ""
             got = prediction.structure[i] if i < len(prediction.structure) else ""
-            style = "padding: 2px 4px; border: 1px solid #ccc;"
-            if i in self.mismatches:
-                style += " background: #ffb3b3; color: black; font-weight: bold;"  # readable in dark themes too
-            column = []
-            for row, tok in ((0, exp), (1, got)):
-                label = QLabel(_shown(tok))
-                label.setStyleSheet(style)
+            main, aux = QLabel(_shown(exp)), QLabel(_shown(got))
+            for row, label in ((0, main), (1, aux)):
+                label.setStyleSheet(self._style(i, outlined=False))
                 self._grid.addWidget(label, row, i + 1)
-                column.append(label)
-            self._columns.append((column[0], column[1]))
-            self._styles.append(style)
+            self._columns.append((main, aux))
         if prediction.structure_agrees:
             self.badge.setText("✔ structure agrees")
             self.badge.setStyleSheet("color: white; background: #2e7d32; padding: 4px; border-radius: 4px;")
@@ -75,13 +68,20 @@ class StructurePanel(QWidget):
             self.badge.setText(f"⚠ structure disagrees at {len(self.mismatches)} position(s): check the result")
             self.badge.setStyleSheet("color: black; background: #ffcc80; padding: 4px; border-radius: 4px;")
 
+    def _style(self, i: int, outlined: bool) -> str:
+        style = "padding: 2px 4px; border: 1px solid #ccc;"
+        if i in self.mismatches:
+            style += " background: #ffb3b3; color: black; font-weight: bold;"  # readable in dark themes too
+        if outlined:
+            style += " border: 2px solid #1a4fd6; padding: 1px 3px;"  # same outer size
+        return style
+
     def highlight(self, index: int) -> None:
         """Outline position `index` (-1: none), the token selected elsewhere, and scroll to it."""
         for i in (self.highlighted, index):
             if 0 <= i < len(self._columns):
-                extra = " border: 2px solid #1a4fd6; padding: 1px 3px;" if i == index else ""  # same size
                 for label in self._columns[i]:
-                    label.setStyleSheet(self._styles[i] + extra)
+                    label.setStyleSheet(self._style(i, outlined=i == index))
         self.highlighted = index if 0 <= index < len(self._columns) else -1
         if self.highlighted >= 0:
             self.scroll.ensureWidgetVisible(self._columns[index][1], 24, 0)
