@@ -8,6 +8,11 @@ every expression of the writer is tested once, by a model that never saw it
 one expression is several points). Also measured: ExpRate on a fixed sample of
 everybody else's expressions, before and after (forgetting).
 
+Each fold's fine-tune is measured twice: with all of its weight change, and after
+the fine-tune's forgetting limit (`FinetuneConfig.max_forgetting`) has moved it
+back toward the base as far as a separate check set of other writers' expressions
+(disjoint from the forgetting sample, as the app's CROHME check is) requires.
+
 CROHME's test writers write much like its training writers, so there is little
 of a writer's own to learn. `--slant` and `--squeeze` simulate a person whose
 handwriting is unlike the training data: every expression of the chosen writers
@@ -34,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.checkpoint import load_checkpoint  # noqa: E402
 from train.data import Example, load_split  # noqa: E402
-from train.finetune import TRAINABLE, FinetuneConfig, exprate, finetune  # noqa: E402
+from train.finetune import TRAINABLE, FinetuneConfig, exprate, finetune, limit_forgetting  # noqa: E402
 
 
 def with_style(example: Example, slant: float, squeeze: float) -> Example:
@@ -61,6 +66,10 @@ def main() -> int:
     parser.add_argument("--writers", type=int, default=5, help="how many writers (those with the most expressions)")
     parser.add_argument("--folds", type=int, default=2, help="folds per writer (2: adapt on half, test on the other)")
     parser.add_argument("--others", type=int, default=300, help="expressions of other writers to watch for forgetting")
+    parser.add_argument("--check", type=int, default=100,
+                        help="other writers' expressions the forgetting limit checks (disjoint from --others)")
+    parser.add_argument("--max-forgetting", type=float, default=FinetuneConfig.max_forgetting,
+                        help="ExpRate points the check may lose")
     parser.add_argument("--steps", type=int, default=FinetuneConfig.max_steps)
     parser.add_argument("--lr", type=float, default=FinetuneConfig.lr)
     parser.add_argument("--trainable", choices=TRAINABLE, default=FinetuneConfig.trainable)
@@ -87,18 +96,23 @@ def main() -> int:
         by_writer[e.writer].append(e)
     chosen = sorted(by_writer, key=lambda w: -len(by_writer[w]))[: args.writers]
     replay = None if args.no_replay else load_split(args.data, "train", vocab)[0]
-    config = FinetuneConfig(max_steps=args.steps, lr=args.lr, trainable=args.trainable)
+    # the limit is applied below, so both the whole change and the limited one are measured
+    config = FinetuneConfig(max_steps=args.steps, lr=args.lr, trainable=args.trainable, max_forgetting=None)
     base, _, _ = load_checkpoint(args.checkpoint)
+    base_state = base.state_dict()
     rows = []
     styled = args.slant != 0 or args.squeeze != 1
     for writer in chosen:
         mine = [with_style(e, args.slant, args.squeeze) for e in by_writer[writer]]
         plain = exprate(base, vocab, by_writer[writer]) if styled else None  # what the style costs
         fold_of = np.random.default_rng(0).permutation(len(mine)) % args.folds
-        others = [e for e in examples if e.writer != writer]
-        others = [others[i] for i in np.random.default_rng(1).permutation(len(others))[: args.others]]
+        pool = [e for e in examples if e.writer != writer]
+        pool = [pool[i] for i in np.random.default_rng(1).permutation(len(pool))]
+        others, check = pool[: args.others], pool[args.others : args.others + args.check]
         before_writer, before_others = exprate(base, vocab, mine), exprate(base, vocab, others)
+        check_before = exprate(base, vocab, check)
         correct_after, others_after, steps, fit = 0.0, [], [], []
+        correct_limited, others_limited, shares = 0.0, [], []
         for fold in range(args.folds):
             adapt = [e for e, f in zip(mine, fold_of) if f != fold]
             test = [e for e, f in zip(mine, fold_of) if f == fold]
@@ -107,16 +121,24 @@ def main() -> int:
                 adapted, _, _ = load_checkpoint(report.output)
             correct_after += exprate(adapted, vocab, test) * len(test) / 100
             others_after.append(exprate(adapted, vocab, others))
+            share, _, _ = limit_forgetting(adapted, base_state, vocab, check, check_before, args.max_forgetting)
+            shares.append(share)
+            correct_limited += exprate(adapted, vocab, test) * len(test) / 100
+            others_limited.append(exprate(adapted, vocab, others))
             steps.append(report.steps)
             fit.append((report.train_before, report.train_after))  # did it learn its own samples?
         row = {"writer": writer, "expressions": len(mine), "steps": steps, "adapt_set_before_after": fit,
                "writer_plain": plain, "writer_before": before_writer, "writer_after": 100 * correct_after / len(mine),
-               "others_before": before_others, "others_after": float(np.mean(others_after))}  # fmt: skip
+               "others_before": before_others, "others_after": float(np.mean(others_after)),
+               "limited": {"shares": shares, "writer_after": 100 * correct_limited / len(mine),
+                           "others_after": float(np.mean(others_limited))}}  # fmt: skip
         rows.append(row)
         print(f"writer {writer}: " + (f"{plain:.1f}% plain, " if styled else "") +
               f"{row['writer_before']:.1f}% -> {row['writer_after']:.1f}% on their {len(mine)}; "
               f"others {row['others_before']:.1f}% -> {row['others_after']:.1f}%; steps {steps}; "
-              f"own training samples {', '.join(f'{a:.0f}->{b:.0f}%' for a, b in fit)}", flush=True)  # fmt: skip
+              f"own training samples {', '.join(f'{a:.0f}->{b:.0f}%' for a, b in fit)}; with the forgetting "
+              f"limit (shares kept {shares}): {row['limited']['writer_after']:.1f}% on theirs, "
+              f"others {row['limited']['others_after']:.1f}%", flush=True)  # fmt: skip
     total = sum(r["expressions"] for r in rows)
     summary = {
         "checkpoint": str(args.checkpoint), "writers": rows, "decode": "greedy", "folds": args.folds,
@@ -126,6 +148,10 @@ def main() -> int:
         "pooled_writer_after": sum(r["writer_after"] * r["expressions"] for r in rows) / max(1, total),
         "mean_writer_gain": float(np.mean([r["writer_after"] - r["writer_before"] for r in rows])) if rows else 0.0,
         "mean_others_change": float(np.mean([r["others_after"] - r["others_before"] for r in rows])) if rows else 0.0,
+        "max_forgetting": args.max_forgetting, "check": args.check,
+        "limited_pooled_writer_after": sum(r["limited"]["writer_after"] * r["expressions"] for r in rows) / max(1, total),
+        "limited_mean_others_change": float(np.mean([r["limited"]["others_after"] - r["others_before"] for r in rows]))
+        if rows else 0.0,
     }  # fmt: skip
     print(json.dumps({k: v for k, v in summary.items() if k != "writers"}, indent=2))
     if args.json:

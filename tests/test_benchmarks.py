@@ -44,10 +44,11 @@ def test_adaptation_benchmark_tests_every_expression_of_a_writer_once(tmp_path, 
     for i, latex in enumerate(SYNTHETIC_EXPRESSIONS[:6]):
         write_inkml(data / "2014" / f"w{i}.inkml", ink_for(latex), latex, writer="7" if i < 4 else "8")
         write_inkml(data / "train" / f"t{i}.inkml", ink_for(latex, size=11.0), latex)
+    write_inkml(data / "2014" / "w5.inkml", ink_for(SYNTHETIC_EXPRESSIONS[0], seed=5), SYNTHETIC_EXPRESSIONS[0], writer="8")
     out = tmp_path / "adapt.json"
     done = _run("benchmarks/adaptation.py", "--data", str(data), "--checkpoint", str(tiny_checkpoint),
-                "--splits", "2014", "--writers", "1", "--steps", "3", "--others", "2", "--slant", "0.4",
-                "--squeeze", "0.7", "--json", str(out))  # fmt: skip
+                "--splits", "2014", "--writers", "1", "--steps", "3", "--others", "1", "--check", "1",
+                "--slant", "0.4", "--squeeze", "0.7", "--json", str(out))  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     (row,) = report["writers"]
@@ -56,6 +57,10 @@ def test_adaptation_benchmark_tests_every_expression_of_a_writer_once(tmp_path, 
     assert report["simulated_style"] == {"slant": 0.4, "squeeze": 0.7}
     assert 0.0 <= row["writer_plain"] <= 100.0  # the same writer's plain ink, to show what the style costs
     assert {"pooled_writer_before", "pooled_writer_after", "mean_others_change"} <= set(report)
+    # each fold measured again after the forgetting limit, on a check set apart from the forgetting sample
+    assert len(row["limited"]["shares"]) == 2 and all(0.0 <= s <= 1.0 for s in row["limited"]["shares"])
+    assert report["max_forgetting"] == 1.0 and report["check"] == 1
+    assert {"limited_pooled_writer_after", "limited_mean_others_change"} <= set(report)
 
 
 def test_simulated_writer_style_slants_the_expression_and_narrows_each_stroke():

@@ -194,3 +194,33 @@ def test_encoder_only_finetune_keeps_every_decoder_weight(tmp_path, tiny_checkpo
     assert changed["norm"] and changed["norm"] <= norm_names
     with pytest.raises(ValueError, match="trainable"):
         FinetuneConfig(trainable="decoder")
+
+
+def test_forgetting_limit_keeps_only_the_share_of_the_change_the_check_allows(tmp_path, tiny_checkpoint):
+    # A whole-model fine-tune on three new expressions, without replay, forgets the five
+    # the tiny model knew. With a limit of 0 points on a check over those five, the version
+    # written must be the base moved only part of the way toward the fine-tune, and lose nothing.
+    import torch
+
+    from tests.conftest import SYNTHETIC_EXPRESSIONS
+    from train.finetune import mix_weights
+
+    samples = synthetic_examples(NEW_EXPRESSIONS, copies=4, wobble=0.01)
+    known = synthetic_examples(SYNTHETIC_EXPRESSIONS)
+    cfg = dict(max_steps=120, lr=1e-2, eval_every=30, patience=10, trainable="all")
+    free = finetune(tiny_checkpoint, samples, tmp_path / "free.pt", FinetuneConfig(**cfg, max_forgetting=None),
+                    base_eval=known)  # fmt: skip
+    assert free.base_after < free.base_before, "the unguarded fine-tune should forget something here"
+    assert free.mix == 1.0
+    guarded = finetune(tiny_checkpoint, samples, tmp_path / "guarded.pt", FinetuneConfig(**cfg, max_forgetting=0.0),
+                       base_eval=known)  # fmt: skip
+    assert guarded.base_after >= guarded.base_before and guarded.mix < 1.0
+    assert any("CROHME check" in note for note in guarded.notes)
+    base, _, _ = load_checkpoint(tiny_checkpoint)
+    tuned, _, _ = load_checkpoint(tmp_path / "free.pt")
+    kept, _, _ = load_checkpoint(tmp_path / "guarded.pt")
+    expected = mix_weights(base.state_dict(), tuned.state_dict(), guarded.mix)
+    for name, value in kept.state_dict().items():
+        torch.testing.assert_close(value, expected[name], msg=name)
+    with pytest.raises(ValueError, match="max_forgetting"):
+        FinetuneConfig(max_forgetting=-1)

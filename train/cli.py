@@ -22,6 +22,9 @@ def finetune_main(argv: list[str]) -> int:
     parser.add_argument("--trainable", choices=("encoder", "norm", "all"), default="encoder",
                         help="encoder (default): adapt to the handwriting, keep the decoder; norm: only the "
                         "encoder's normalization scales and shifts; all: every weight")
+    parser.add_argument("--max-forgetting", type=float, default=1.0,
+                        help="ExpRate points the 2014 check (needs --data) may lose; beyond that only part of "
+                        "the weight change is kept (default 1)")
     parser.add_argument("--json", dest="json_out", help="write the report here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")
@@ -44,7 +47,8 @@ def finetune_main(argv: list[str]) -> int:
         if args.data:
             replay, _ = load_split(args.data, "train", store.vocab)
             base_eval, _ = load_split(args.data, "2014", store.vocab, limit=100)
-        config = FinetuneConfig(max_steps=args.steps, lr=args.lr, trainable=args.trainable)
+        config = FinetuneConfig(max_steps=args.steps, lr=args.lr, trainable=args.trainable,
+                                max_forgetting=args.max_forgetting)
         report = finetune(args.base, samples, args.out, config, replay=replay, base_eval=base_eval)
         if report.output:
             store.add_model(report.output, store.active_model(), report.to_dict(), note=f"from {args.base}")

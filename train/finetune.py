@@ -3,8 +3,10 @@
 Defaults suit a few dozen samples: a fifth held out for validation, a low
 learning rate, at most a few hundred steps, early stopping on the held-out
 ExpRate, BatchNorm statistics frozen (a handful of samples must not redefine
-them), and half of every batch replayed from CROHME training data when it is
-available. A cancelled or failed run writes nothing.
+them), half of every batch replayed from CROHME training data when it is
+available, and a limit on forgetting: when the result loses more than a point
+on a CROHME check, only part of its weight change is kept. A cancelled or
+failed run writes nothing.
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ class FinetuneConfig:
     # whole-model fine-tune learns those formulas rather than the handwriting.
     # "norm": only the encoder's normalization scales and shifts. "all": every weight.
     trainable: str = "encoder"
+    # ExpRate points the CROHME check (`base_eval`) may lose. When the fine-tune loses more,
+    # only part of its weight change is kept: the largest of `mix_shares` within the limit
+    # (weight-space interpolation toward the base, as in WiSE-FT), or none. None: no limit.
+    max_forgetting: float | None = 1.0
+    mix_shares: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
     augment: AugmentConfig = field(
         default_factory=lambda: AugmentConfig(scale=(0.8, 1.25), rotate_deg=2.0, shear=0.1, stroke_jitter=0.02)
     )
@@ -72,6 +79,10 @@ class FinetuneConfig:
             raise ValueError("max_steps, batch_size and eval_every must be at least 1")
         if not 0.0 <= self.holdout_fraction < 1.0 or not 0.0 <= self.replay_fraction < 1.0:
             raise ValueError("holdout_fraction and replay_fraction must be in [0, 1)")
+        if self.max_forgetting is not None and self.max_forgetting < 0:
+            raise ValueError("max_forgetting must be at least 0 (or None for no limit)")
+        if not self.mix_shares or any(not 0 < s <= 1 for s in self.mix_shares):
+            raise ValueError("mix_shares must be fractions in (0, 1]")
 
 
 @dataclass
@@ -88,6 +99,7 @@ class FinetuneReport:
     holdout_after: float | None = None
     base_before: float | None = None  # ExpRate % on the fixed CROHME subset, when given
     base_after: float | None = None
+    mix: float = 1.0  # share of the fine-tune's weight change kept (FinetuneConfig.max_forgetting)
     train_before: float = 0.0
     train_after: float = 0.0
     seconds: float = 0.0
@@ -136,6 +148,50 @@ def mean_loss(model: HMER, vocab: Vocabulary, examples: list[Example], batch: in
     return total / max(1, len(examples))
 
 
+def mix_weights(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], share: float) -> dict:
+    """base + share * (tuned - base) for every float tensor; counters come from `tuned`."""
+    return {k: torch.lerp(base[k], v, share) if v.is_floating_point() else v for k, v in tuned.items()}
+
+
+def limit_forgetting(
+    model: HMER, base_state: dict, vocab: Vocabulary, check: list[Example], check_before: float, limit: float,
+    shares: tuple[float, ...] = FinetuneConfig.mix_shares, cancel: threading.Event | None = None,
+) -> tuple[float, float, float]:  # fmt: skip
+    """Move `model` (fine-tuned from `base_state`) back toward the base until it loses at
+    most `limit` ExpRate points on `check`: the largest of `shares` of its weight change
+    that does, or none. Returns (share kept, ExpRate on check, the whole change's loss)."""
+    tuned = copy.deepcopy(model.state_dict())
+    whole_drop = None
+    for share in sorted(shares, reverse=True):
+        if cancel is not None and cancel.is_set():
+            break
+        model.load_state_dict(mix_weights(base_state, tuned, share))
+        score = exprate(model, vocab, check)
+        whole_drop = check_before - score if whole_drop is None else whole_drop
+        if check_before - score <= limit:
+            return share, score, whole_drop
+    model.load_state_dict(base_state)
+    return 0.0, check_before, whole_drop if whole_drop is not None else 0.0
+
+
+def _limit_forgetting(
+    model: HMER, base_state: dict, vocab: Vocabulary, base_eval: list[Example], config: FinetuneConfig,
+    report: FinetuneReport, cancel: threading.Event | None,
+) -> None:  # fmt: skip
+    """`limit_forgetting` for a fine-tune: sets report.mix and report.base_after, and says
+    what was given up."""
+    limit = config.max_forgetting
+    share, report.base_after, drop = limit_forgetting(model, base_state, vocab, base_eval, report.base_before, limit,
+                                                      config.mix_shares, cancel)  # fmt: skip
+    report.mix = share
+    if share == 0:
+        report.notes.append(f"every share of the fine-tune's weight change cost more than {limit:g} points on the "
+                            "CROHME check: this version keeps the base weights")  # fmt: skip
+    elif share < 1:
+        report.notes.append(f"kept {share:.0%} of the fine-tune's weight change: all of it cost {drop:.1f} points "
+                            f"on the CROHME check (limit {limit:g})")  # fmt: skip
+
+
 def _freeze_batchnorm(model: HMER) -> None:
     for m in model.modules():
         if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
@@ -181,7 +237,8 @@ def finetune(
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    best_state = copy.deepcopy(model.state_dict())
+    base_state = copy.deepcopy(model.state_dict())
+    best_state = base_state
     # A few held-out samples make ExpRate coarse (3 samples: steps of 33 points), so ties
     # are broken by the held-out loss; otherwise a fine-tune that helps would rarely show.
     best_score = (report.holdout_before, -mean_loss(model, vocab, holdout)) if holdout else None
@@ -227,12 +284,15 @@ def finetune(
             progress(step, config.max_steps, info)
     if holdout:
         model.load_state_dict(best_state)  # the best validated weights (possibly the base's)
+    if base_eval and config.max_forgetting is not None and not (cancel is not None and cancel.is_set()):
+        _limit_forgetting(model, base_state, vocab, base_eval, config, report, cancel)
     if cancel is not None and cancel.is_set():
         report.stopped = "cancelled"
         report.seconds = time.monotonic() - start
         return report
     report.holdout_after = exprate(model, vocab, holdout) if holdout else None
-    report.base_after = exprate(model, vocab, base_eval) if base_eval else None
+    if base_eval and report.base_after is None:
+        report.base_after = exprate(model, vocab, base_eval)
     report.train_after = exprate(model, vocab, train_set)
     report.seconds = time.monotonic() - start
     save_checkpoint(out, model, vocab, {**base_meta, **(meta or {}), "finetune": report.to_dict(), "parent": str(base)})
