@@ -420,3 +420,24 @@ def test_token_labels_stay_readable_in_a_dark_theme(qtbot):
         assert darkest < 80  # the glyph is drawn dark on the light confidence color, not white on it
     finally:
         app.setPalette(before)
+
+
+def test_the_attention_view_grows_with_the_panel_and_keeps_the_input_shape(qtbot):
+    from hmer_desktop.widgets.attention import AttentionPanel
+
+    panel = AttentionPanel()
+    qtbot.addWidget(panel)
+    panel.resize(400, 300)
+    panel.show()
+    qtbot.waitExposed(panel)
+    panel.show_prediction(_prediction_with(["x", "+", "1"]))  # a 32 x 128 input
+    panel.select(1)
+    QApplication.processEvents()
+    small = panel.input_view.pixmap().size()
+    panel.resize(900, 600)
+    qtbot.waitUntil(lambda: panel.input_view.pixmap().width() > small.width(), timeout=2000)
+    big = panel.input_view.pixmap().size()
+    view = panel.input_view.size()
+    assert big.width() <= view.width() and big.height() <= view.height()  # fits the space it has
+    assert abs(big.width() / big.height() - 128 / 32) < 0.05  # never stretched
+    assert big.width() == min(view.width(), 4 * 128) or big.height() == view.height()  # as large as allowed

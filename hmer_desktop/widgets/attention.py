@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QKeySequence, QPainter, QPixmap, QShortcut
-from PySide6.QtWidgets import (QButtonGroup, QHBoxLayout, QLabel, QPushButton, QScrollArea, QToolButton,
-                               QVBoxLayout, QWidget)  # fmt: skip
+from PySide6.QtWidgets import (QButtonGroup, QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizePolicy,
+                               QToolButton, QVBoxLayout, QWidget)  # fmt: skip
 
 from hmer_desktop.widgets.heat import gray_qimage, heat_rgba, to_qimage, upsample_attention
 from model.prediction import Prediction
@@ -37,6 +37,35 @@ def confidence_color(p: float) -> QColor:
     """Red (unsure) through amber to green (sure)."""
     p = float(np.clip(p, 0.0, 1.0))
     return QColor.fromHsvF(0.33 * p, 0.55, 0.95)
+
+
+class FittedImage(QLabel):
+    """Shows a pixmap as large as the label allows (aspect kept, at most `max_zoom`
+    times its own size), rescaled whenever the label is resized."""
+
+    def __init__(self, text: str, max_zoom: float = 4.0) -> None:
+        super().__init__(text)
+        self.max_zoom = max_zoom
+        self._source: QPixmap | None = None
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        # the layout decides the size; a pixmap's own size hint would stop the panel shrinking
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
+
+    def set_image(self, pixmap: QPixmap) -> None:
+        self._source = pixmap
+        self._fit()
+
+    def _fit(self) -> None:
+        if self._source is None or self._source.isNull():
+            return
+        src = self._source
+        zoom = min(self.width() / src.width(), self.height() / src.height(), self.max_zoom)
+        size = src.size() * max(zoom, 0.05)
+        self.setPixmap(src.scaled(size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation))
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt names)
+        super().resizeEvent(event)
+        self._fit()
 
 
 class AttentionPanel(QWidget):
@@ -74,7 +103,7 @@ class AttentionPanel(QWidget):
         self._timer.setInterval(700)
         self._timer.timeout.connect(self._advance)
 
-        self.input_view = QLabel("The model's input and its attention appear here.")
+        self.input_view = FittedImage("The model's input and its attention appear here.")
         self.input_view.setMinimumHeight(120)
         self.caption = QLabel("")
 
@@ -169,8 +198,7 @@ class AttentionPanel(QWidget):
                                  f"(p = {p.token_probs[index]:.3f}) — bright = where the model looked")  # fmt: skip
         else:
             self.caption.setText("Select a token (or press Play, or ←/→) to see where the model looked.")
-        scale = max(1.0, min(3.0, 160 / max(1, base.height())))
-        self.input_view.setPixmap(base.scaled(int(base.width() * scale), int(base.height() * scale)))
+        self.input_view.set_image(base)
 
     def _toggle_play(self, on: bool) -> None:
         if on and self.prediction is not None and self.prediction.tokens:
