@@ -20,6 +20,7 @@ class Progress:
     loss: float
     eta_s: float
     holdout_exprate: float | None = None
+    stage: str | None = None  # after the last step: which check is running
 
 
 class FinetuneJob:
@@ -61,8 +62,8 @@ class FinetuneService:
             start = time.monotonic()
 
             def progress(step: int, total: int, info: dict) -> None:
-                eta = (time.monotonic() - start) / step * (total - step)
-                on_progress(Progress(step, total, info["loss"], eta, info.get("holdout_exprate")))
+                eta = (time.monotonic() - start) / max(1, step) * (total - step)
+                on_progress(Progress(step, total, info["loss"], eta, info.get("holdout_exprate"), info.get("stage")))
 
             self.models_dir.mkdir(parents=True, exist_ok=True)
             out = self.models_dir / f"finetuned-{time.strftime('%Y%m%d-%H%M%S')}.pt"

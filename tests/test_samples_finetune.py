@@ -212,9 +212,12 @@ def test_forgetting_limit_keeps_only_the_share_of_the_change_the_check_allows(tm
                     base_eval=known)  # fmt: skip
     assert free.base_after < free.base_before, "the unguarded fine-tune should forget something here"
     assert free.mix == 1.0
+    stages = []
     guarded = finetune(tiny_checkpoint, samples, tmp_path / "guarded.pt", FinetuneConfig(**cfg, max_forgetting=0.0),
-                       base_eval=known)  # fmt: skip
+                       base_eval=known, progress=lambda step, total, info: stages.append(info.get("stage")))  # fmt: skip
     assert guarded.base_after >= guarded.base_before and guarded.mix < 1.0
+    # the checks after the last step are announced, so the dialog does not sit at "0 s left"
+    assert [s for s in stages if s] == ["checking what it forgot on the CROHME subset", "measuring the new version"]
     assert any("CROHME check" in note for note in guarded.notes)
     base, _, _ = load_checkpoint(tiny_checkpoint)
     tuned, _, _ = load_checkpoint(tmp_path / "free.pt")

@@ -284,12 +284,19 @@ def finetune(
             progress(step, config.max_steps, info)
     if holdout:
         model.load_state_dict(best_state)  # the best validated weights (possibly the base's)
+
+    def stage(text: str) -> None:  # the checks after training take a while: say what is going on
+        if progress:
+            progress(report.steps, config.max_steps, {"loss": info["loss"], "stage": text})
+
     if base_eval and config.max_forgetting is not None and not (cancel is not None and cancel.is_set()):
+        stage("checking what it forgot on the CROHME subset")
         _limit_forgetting(model, base_state, vocab, base_eval, config, report, cancel)
     if cancel is not None and cancel.is_set():
         report.stopped = "cancelled"
         report.seconds = time.monotonic() - start
         return report
+    stage("measuring the new version")
     report.holdout_after = exprate(model, vocab, holdout) if holdout else None
     if base_eval and report.base_after is None:
         report.base_after = exprate(model, vocab, base_eval)

@@ -230,6 +230,9 @@ class FinetuneDialog(QDialog):
     def _on_progress(self, p: Progress) -> None:
         self.bar.setMaximum(p.total)
         self.bar.setValue(p.step)
+        if p.stage is not None:
+            self.status.setText(f"step {p.step}/{p.total}: {p.stage}…")
+            return
         extra = f", held-out {p.holdout_exprate:.0f}%" if p.holdout_exprate is not None else ""
         self.status.setText(f"step {p.step}/{p.total}, loss {p.loss:.3f}{extra}, about {p.eta_s:.0f} s left")
 
