@@ -46,7 +46,10 @@ class FinetuneService:
         max_steps: int,
         on_progress: Callable[[Progress], None],
         trainable: str = "encoder",
+        max_forgetting: float | None = 1.0,
     ) -> FinetuneJob:
+        """max_forgetting: ExpRate points the CROHME check may lose (None: no limit); it
+        needs `crohme_dir`."""
         cancel = threading.Event()
         parent = self.store.active_model()
 
@@ -67,7 +70,7 @@ class FinetuneService:
 
             self.models_dir.mkdir(parents=True, exist_ok=True)
             out = self.models_dir / f"finetuned-{time.strftime('%Y%m%d-%H%M%S')}.pt"
-            report = finetune(base, samples, out, FinetuneConfig(max_steps=max_steps, trainable=trainable),
+            report = finetune(base, samples, out, FinetuneConfig(max_steps=max_steps, trainable=trainable, max_forgetting=max_forgetting),
                               replay=replay, base_eval=base_eval, progress=progress, cancel=cancel)  # fmt: skip
             version = None
             if report.output:

@@ -264,6 +264,40 @@ def test_finetune_dialog_trains_a_version_and_switches_to_it(qtbot, make_window)
     assert window.samples.active_model() is None
 
 
+def test_the_finetune_dialog_limits_forgetting_only_when_it_can_check(qtbot, make_window, tmp_path):
+    from dataclasses import replace
+
+    from tests.conftest import SYNTHETIC_EXPRESSIONS
+    from tests.helpers import synthetic_examples
+
+    window = make_window(live=False)
+    for ex in synthetic_examples(["3 + 1", "b - a"], copies=3, wobble=0.01):
+        window.samples.add(ex.strokes, " ".join(ex.tokens))
+    no_data = window.show_finetune()
+    qtbot.addWidget(no_data)
+    assert not no_data.keep_knowledge.isEnabled() and not no_data.keep_knowledge.isChecked()
+    crohme = tmp_path / "crohme"
+    for i, latex in enumerate(SYNTHETIC_EXPRESSIONS):
+        for split in ("train", "2014"):
+            write_inkml(crohme / split / f"{split}{i}.inkml", ink_for(latex), latex)
+    window.settings = replace(window.settings, crohme_dir=str(crohme))
+    dialog = window.show_finetune()
+    qtbot.addWidget(dialog)
+    assert dialog.keep_knowledge.isEnabled() and dialog.keep_knowledge.isChecked()  # on by default
+    asked = []
+    start = window.finetuning.start
+    window.finetuning.start = lambda *a, **kw: asked.append(kw["max_forgetting"]) or start(*a, **kw)
+    dialog.steps.setValue(10)
+    dialog.keep_knowledge.setChecked(False)
+    with qtbot.waitSignal(dialog.relay.finished, timeout=120_000):
+        dialog.start_button.click()
+    assert asked == [None] and dialog.result[0].mix == 1.0
+    dialog.keep_knowledge.setChecked(True)
+    with qtbot.waitSignal(dialog.relay.finished, timeout=120_000):
+        dialog.start_button.click()
+    assert asked == [None, 1.0] and dialog.result[0].base_before is not None  # checked on the 2014 folder
+
+
 def test_cancelling_a_finetune_keeps_the_active_model(qtbot, make_window):
     from tests.helpers import synthetic_examples
 

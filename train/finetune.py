@@ -174,7 +174,7 @@ def limit_forgetting(
     return 0.0, check_before, whole_drop if whole_drop is not None else 0.0
 
 
-def _limit_forgetting(
+def _apply_forgetting_limit(
     model: HMER, base_state: dict, vocab: Vocabulary, base_eval: list[Example], config: FinetuneConfig,
     report: FinetuneReport, cancel: threading.Event | None,
 ) -> None:  # fmt: skip
@@ -291,7 +291,7 @@ def finetune(
 
     if base_eval and config.max_forgetting is not None and not (cancel is not None and cancel.is_set()):
         stage("checking what it forgot on the CROHME subset")
-        _limit_forgetting(model, base_state, vocab, base_eval, config, report, cancel)
+        _apply_forgetting_limit(model, base_state, vocab, base_eval, config, report, cancel)
     if cancel is not None and cancel.is_set():
         report.stopped = "cancelled"
         report.seconds = time.monotonic() - start

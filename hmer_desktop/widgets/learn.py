@@ -162,6 +162,15 @@ class FinetuneDialog(QDialog):
             "what the model knows about formulas. Retraining the decoder also learns your formulas; "
             "with a few dozen samples it tends to memorize them."
         )
+        self.keep_knowledge = QCheckBox("Lose at most 1 point on CROHME")
+        self.keep_knowledge.setChecked(crohme_dir is not None)
+        self.keep_knowledge.setEnabled(crohme_dir is not None)
+        self.keep_knowledge.setToolTip(
+            "After training, the new version is checked on 100 CROHME 2014 expressions. If it reads more "
+            "than 1 point worse than before, only part of what it learned is kept, as much as stays within "
+            "that point. Untick it to keep everything it learned from your samples."
+            if crohme_dir else "Needs a CROHME folder (Preferences) to check what the model forgot."
+        )
         self.start_button = QPushButton("Start")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -179,6 +188,7 @@ class FinetuneDialog(QDialog):
         row.addWidget(QLabel("Steps (at most):"))
         row.addWidget(self.steps)
         row.addWidget(self.whole_model)
+        row.addWidget(self.keep_knowledge)
         row.addWidget(self.start_button)
         row.addWidget(self.cancel_button)
         versions = QHBoxLayout()
@@ -195,7 +205,7 @@ class FinetuneDialog(QDialog):
         layout.addWidget(self.report, 1)
         layout.addLayout(versions)
         layout.addWidget(close)
-        self.resize(560, 460)
+        self.resize(640, 460)
         self.refresh_versions()
 
     def refresh_versions(self) -> None:
@@ -215,8 +225,9 @@ class FinetuneDialog(QDialog):
         self.report.clear()
         self.status.setText("starting…")
         trainable = "all" if self.whole_model.isChecked() else "encoder"
+        limit = 1.0 if self.keep_knowledge.isChecked() else None
         self.job = self.service.start(self.base, self.crohme_dir, self.steps.value(), self.relay.progress.emit,
-                                      trainable=trainable)  # fmt: skip
+                                      trainable=trainable, max_forgetting=limit)  # fmt: skip
         self.job.future.add_done_callback(
             lambda f: self.relay.finished.emit(None if f.cancelled() or f.exception() else f.result(),
                                                None if f.cancelled() else f.exception())  # fmt: skip
