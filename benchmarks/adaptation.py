@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.checkpoint import load_checkpoint  # noqa: E402
 from train.data import Example, load_split  # noqa: E402
-from train.finetune import TRAINABLE, FinetuneConfig, exprate, finetune, limit_forgetting  # noqa: E402
+from train.finetune import TRAINABLE, FinetuneConfig, exprate, finetune, limit_forgetting, mix_weights  # noqa: E402
 
 
 def with_style(example: Example, slant: float, squeeze: float) -> Example:
@@ -70,6 +70,8 @@ def main() -> int:
                         help="other writers' expressions the forgetting limit checks (disjoint from --others)")
     parser.add_argument("--max-forgetting", type=float, default=FinetuneConfig.max_forgetting,
                         help="ExpRate points the check may lose")
+    parser.add_argument("--shares", type=float, nargs="*", default=[],
+                        help="also measure each fold's fine-tune keeping only these shares of its weight change")
     parser.add_argument("--steps", type=int, default=FinetuneConfig.max_steps)
     parser.add_argument("--lr", type=float, default=FinetuneConfig.lr)
     parser.add_argument("--trainable", choices=TRAINABLE, default=FinetuneConfig.trainable)
@@ -113,6 +115,7 @@ def main() -> int:
         check_before = exprate(base, vocab, check)
         correct_after, others_after, steps, fit = 0.0, [], [], []
         correct_limited, others_limited, shares = 0.0, [], []
+        by_share = {share: [0.0, []] for share in args.shares}  # share -> [correct on the writer, others per fold]
         for fold in range(args.folds):
             adapt = [e for e, f in zip(mine, fold_of) if f != fold]
             test = [e for e, f in zip(mine, fold_of) if f == fold]
@@ -121,6 +124,12 @@ def main() -> int:
                 adapted, _, _ = load_checkpoint(report.output)
             correct_after += exprate(adapted, vocab, test) * len(test) / 100
             others_after.append(exprate(adapted, vocab, others))
+            tuned = {k: v.clone() for k, v in adapted.state_dict().items()}
+            for share, (_, others_share) in by_share.items():
+                adapted.load_state_dict(mix_weights(base_state, tuned, share))
+                by_share[share][0] += exprate(adapted, vocab, test) * len(test) / 100
+                others_share.append(exprate(adapted, vocab, others))
+            adapted.load_state_dict(tuned)
             share, _, _ = limit_forgetting(adapted, base_state, vocab, check, check_before, args.max_forgetting)
             shares.append(share)
             correct_limited += exprate(adapted, vocab, test) * len(test) / 100
@@ -131,14 +140,18 @@ def main() -> int:
                "writer_plain": plain, "writer_before": before_writer, "writer_after": 100 * correct_after / len(mine),
                "others_before": before_others, "others_after": float(np.mean(others_after)),
                "limited": {"shares": shares, "writer_after": 100 * correct_limited / len(mine),
-                           "others_after": float(np.mean(others_limited))}}  # fmt: skip
+                           "others_after": float(np.mean(others_limited))},
+               "by_share": {str(share): {"writer_after": 100 * c / len(mine), "others_after": float(np.mean(o))}
+                            for share, (c, o) in by_share.items()}}  # fmt: skip
         rows.append(row)
         print(f"writer {writer}: " + (f"{plain:.1f}% plain, " if styled else "") +
               f"{row['writer_before']:.1f}% -> {row['writer_after']:.1f}% on their {len(mine)}; "
               f"others {row['others_before']:.1f}% -> {row['others_after']:.1f}%; steps {steps}; "
               f"own training samples {', '.join(f'{a:.0f}->{b:.0f}%' for a, b in fit)}; with the forgetting "
               f"limit (shares kept {shares}): {row['limited']['writer_after']:.1f}% on theirs, "
-              f"others {row['limited']['others_after']:.1f}%", flush=True)  # fmt: skip
+              f"others {row['limited']['others_after']:.1f}%" +
+              "".join(f"; keeping {k}: {v['writer_after']:.1f}% on theirs, others {v['others_after']:.1f}%"
+                      for k, v in row["by_share"].items()), flush=True)  # fmt: skip
     total = sum(r["expressions"] for r in rows)
     summary = {
         "checkpoint": str(args.checkpoint), "writers": rows, "decode": "greedy", "folds": args.folds,
@@ -152,6 +165,11 @@ def main() -> int:
         "limited_pooled_writer_after": sum(r["limited"]["writer_after"] * r["expressions"] for r in rows) / max(1, total),
         "limited_mean_others_change": float(np.mean([r["limited"]["others_after"] - r["others_before"] for r in rows]))
         if rows else 0.0,
+        "by_share": {str(share): {
+            "pooled_writer_after": sum(r["by_share"][str(share)]["writer_after"] * r["expressions"] for r in rows)
+            / max(1, total),
+            "mean_others_change": float(np.mean([r["by_share"][str(share)]["others_after"] - r["others_before"]
+                                                 for r in rows])) if rows else 0.0} for share in args.shares},
     }  # fmt: skip
     print(json.dumps({k: v for k, v in summary.items() if k != "writers"}, indent=2))
     if args.json:

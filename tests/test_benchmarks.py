@@ -48,7 +48,7 @@ def test_adaptation_benchmark_tests_every_expression_of_a_writer_once(tmp_path, 
     out = tmp_path / "adapt.json"
     done = _run("benchmarks/adaptation.py", "--data", str(data), "--checkpoint", str(tiny_checkpoint),
                 "--splits", "2014", "--writers", "1", "--steps", "3", "--others", "1", "--check", "1",
-                "--slant", "0.4", "--squeeze", "0.7", "--json", str(out))  # fmt: skip
+                "--slant", "0.4", "--squeeze", "0.7", "--shares", "0.5", "--json", str(out))  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     (row,) = report["writers"]
@@ -61,6 +61,9 @@ def test_adaptation_benchmark_tests_every_expression_of_a_writer_once(tmp_path, 
     assert len(row["limited"]["shares"]) == 2 and all(0.0 <= s <= 1.0 for s in row["limited"]["shares"])
     assert report["max_forgetting"] == 1.0 and report["check"] == 1
     assert {"limited_pooled_writer_after", "limited_mean_others_change"} <= set(report)
+    # and, when asked, keeping only part of each fold's weight change
+    assert set(row["by_share"]) == {"0.5"} and set(report["by_share"]["0.5"]) == {"pooled_writer_after",
+                                                                                  "mean_others_change"}
 
 
 def test_simulated_writer_style_slants_the_expression_and_narrows_each_stroke():
