@@ -405,14 +405,19 @@ def _prediction_with(tokens: list[str]):
                       ink_to_image=None, downsample=16, structure=tokens, expected_structure=tokens, alternatives=[])  # fmt: skip
 
 
-def test_arrow_keys_step_through_tokens_and_the_strip_follows(qtbot):
+def _shown_attention_panel(qtbot, width: int, height: int):
     from hmer_desktop.widgets.attention import AttentionPanel
 
     panel = AttentionPanel()
     qtbot.addWidget(panel)
-    panel.resize(360, 240)
+    panel.resize(width, height)
     panel.show()
     qtbot.waitExposed(panel)
+    return panel
+
+
+def test_arrow_keys_step_through_tokens_and_the_strip_follows(qtbot):
+    panel = _shown_attention_panel(qtbot, 360, 240)
     tokens = [f"x_{i}" for i in range(30)]
     panel.show_prediction(_prediction_with(tokens))
     QApplication.processEvents()
@@ -457,13 +462,7 @@ def test_token_labels_stay_readable_in_a_dark_theme(qtbot):
 
 
 def test_the_attention_view_grows_with_the_panel_and_keeps_the_input_shape(qtbot):
-    from hmer_desktop.widgets.attention import AttentionPanel
-
-    panel = AttentionPanel()
-    qtbot.addWidget(panel)
-    panel.resize(400, 300)
-    panel.show()
-    qtbot.waitExposed(panel)
+    panel = _shown_attention_panel(qtbot, 400, 300)
     panel.show_prediction(_prediction_with(["x", "+", "1"]))  # a 32 x 128 input
     panel.select(1)
     QApplication.processEvents()
