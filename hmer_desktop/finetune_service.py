@@ -70,8 +70,9 @@ class FinetuneService:
 
             self.models_dir.mkdir(parents=True, exist_ok=True)
             out = self.models_dir / f"finetuned-{time.strftime('%Y%m%d-%H%M%S')}.pt"
-            report = finetune(base, samples, out, FinetuneConfig(max_steps=max_steps, trainable=trainable, max_forgetting=max_forgetting),
-                              replay=replay, base_eval=base_eval, progress=progress, cancel=cancel)  # fmt: skip
+            config = FinetuneConfig(max_steps=max_steps, trainable=trainable, max_forgetting=max_forgetting)
+            report = finetune(base, samples, out, config, replay=replay, base_eval=base_eval, progress=progress,
+                              cancel=cancel)  # fmt: skip
             version = None
             if report.output:
                 version = self.store.add_model(report.output, parent, report.to_dict(), note=f"from {base.name}")
