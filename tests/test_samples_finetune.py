@@ -227,3 +227,21 @@ def test_forgetting_limit_keeps_only_the_share_of_the_change_the_check_allows(tm
         torch.testing.assert_close(value, expected[name], msg=name)
     with pytest.raises(ValueError, match="max_forgetting"):
         FinetuneConfig(max_forgetting=-1)
+
+
+def test_cancel_during_the_forgetting_check_writes_nothing_and_says_nothing_was_chosen(tmp_path, tiny_checkpoint):
+    from tests.conftest import SYNTHETIC_EXPRESSIONS
+
+    cancel = threading.Event()
+
+    def progress(step, total, info):
+        if info.get("stage", "").startswith("checking what it forgot"):
+            cancel.set()
+
+    out = tmp_path / "ft.pt"
+    known = synthetic_examples(SYNTHETIC_EXPRESSIONS)
+    report = finetune(tiny_checkpoint, synthetic_examples(NEW_EXPRESSIONS, copies=2), out,
+                      FinetuneConfig(max_steps=5, max_forgetting=0.0), base_eval=known, progress=progress,
+                      cancel=cancel)  # fmt: skip
+    assert report.stopped == "cancelled" and report.output is None and not out.exists()
+    assert not any("CROHME check" in note for note in report.notes)

@@ -183,6 +183,8 @@ def _apply_forgetting_limit(
     limit = config.max_forgetting
     share, report.base_after, drop = limit_forgetting(model, base_state, vocab, base_eval, report.base_before, limit,
                                                       config.mix_shares, cancel)  # fmt: skip
+    if cancel is not None and cancel.is_set():
+        return  # a cancelled run writes nothing: no share was chosen
     report.mix = share
     if share == 0:
         report.notes.append(f"every share of the fine-tune's weight change cost more than {limit:g} points on the "
