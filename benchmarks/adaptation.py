@@ -8,10 +8,11 @@ every expression of the writer is tested once, by a model that never saw it
 one expression is several points). Also measured: ExpRate on a fixed sample of
 everybody else's expressions, before and after (forgetting).
 
-Each fold's fine-tune is measured twice: with all of its weight change, and after
-the fine-tune's forgetting limit (`FinetuneConfig.max_forgetting`) has moved it
-back toward the base as far as a separate check set of other writers' expressions
-(disjoint from the forgetting sample, as the app's CROHME check is) requires.
+Each fold's fine-tune is measured twice: with all of its weight change, and as
+the app keeps it: the default share of the change (`FinetuneConfig.keep`), moved
+further back toward the base if the forgetting limit (`FinetuneConfig.max_forgetting`)
+finds it lost too much on a separate check set of other writers' expressions
+(disjoint from the forgetting sample, as the app's CROHME check is).
 
 CROHME's test writers write much like its training writers, so there is little
 of a writer's own to learn. `--slant` and `--squeeze` simulate a person whose
@@ -68,6 +69,8 @@ def main() -> int:
     parser.add_argument("--others", type=int, default=300, help="expressions of other writers to watch for forgetting")
     parser.add_argument("--check", type=int, default=100,
                         help="other writers' expressions the forgetting limit checks (disjoint from --others)")
+    parser.add_argument("--keep", type=float, default=FinetuneConfig.keep,
+                        help="share of each fine-tune's weight change the app keeps (before the limit)")
     parser.add_argument("--max-forgetting", type=float, default=FinetuneConfig.max_forgetting,
                         help="ExpRate points the check may lose")
     parser.add_argument("--shares", type=float, nargs="*", default=[],
@@ -98,8 +101,9 @@ def main() -> int:
         by_writer[e.writer].append(e)
     chosen = sorted(by_writer, key=lambda w: -len(by_writer[w]))[: args.writers]
     replay = None if args.no_replay else load_split(args.data, "train", vocab)[0]
-    # the limit is applied below, so both the whole change and the limited one are measured
-    config = FinetuneConfig(max_steps=args.steps, lr=args.lr, trainable=args.trainable, max_forgetting=None)
+    # the share and the limit are applied below, so both the whole change and the kept one are measured
+    config = FinetuneConfig(max_steps=args.steps, lr=args.lr, trainable=args.trainable, keep=1.0, max_forgetting=None)
+    kept_shares = replace(config, keep=args.keep).shares()
     base, _, _ = load_checkpoint(args.checkpoint)
     base_state = base.state_dict()
     rows = []
@@ -130,7 +134,8 @@ def main() -> int:
                 by_share[share][0] += exprate(adapted, vocab, test) * len(test) / 100
                 others_share.append(exprate(adapted, vocab, others))
             adapted.load_state_dict(tuned)
-            share, _, _ = limit_forgetting(adapted, base_state, vocab, check, check_before, args.max_forgetting)
+            share, _, _ = limit_forgetting(adapted, base_state, vocab, check, check_before, args.max_forgetting,
+                                           kept_shares)  # fmt: skip
             shares.append(share)
             correct_limited += exprate(adapted, vocab, test) * len(test) / 100
             others_limited.append(exprate(adapted, vocab, others))
@@ -147,8 +152,8 @@ def main() -> int:
         print(f"writer {writer}: " + (f"{plain:.1f}% plain, " if styled else "") +
               f"{row['writer_before']:.1f}% -> {row['writer_after']:.1f}% on their {len(mine)}; "
               f"others {row['others_before']:.1f}% -> {row['others_after']:.1f}%; steps {steps}; "
-              f"own training samples {', '.join(f'{a:.0f}->{b:.0f}%' for a, b in fit)}; with the forgetting "
-              f"limit (shares kept {shares}): {row['limited']['writer_after']:.1f}% on theirs, "
+              f"own training samples {', '.join(f'{a:.0f}->{b:.0f}%' for a, b in fit)}; as the app keeps it "
+              f"(shares kept {shares}): {row['limited']['writer_after']:.1f}% on theirs, "
               f"others {row['limited']['others_after']:.1f}%" +
               "".join(f"; keeping {k}: {v['writer_after']:.1f}% on theirs, others {v['others_after']:.1f}%"
                       for k, v in row["by_share"].items()), flush=True)  # fmt: skip
@@ -161,7 +166,7 @@ def main() -> int:
         "pooled_writer_after": sum(r["writer_after"] * r["expressions"] for r in rows) / max(1, total),
         "mean_writer_gain": float(np.mean([r["writer_after"] - r["writer_before"] for r in rows])) if rows else 0.0,
         "mean_others_change": float(np.mean([r["others_after"] - r["others_before"] for r in rows])) if rows else 0.0,
-        "max_forgetting": args.max_forgetting, "check": args.check,
+        "keep": args.keep, "max_forgetting": args.max_forgetting, "check": args.check,
         "limited_pooled_writer_after": sum(r["limited"]["writer_after"] * r["expressions"] for r in rows) / max(1, total),
         "limited_mean_others_change": float(np.mean([r["limited"]["others_after"] - r["others_before"] for r in rows]))
         if rows else 0.0,

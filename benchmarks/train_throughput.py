@@ -3,6 +3,7 @@ vs bf16 + channels_last, measured side by side on the same batches, plus how
 closely the bf16 loss matches fp32.
 
     python benchmarks/train_throughput.py --preset small --data ../shared/datasets/crohme --batches 12
+    python benchmarks/train_throughput.py --config cpu_small_20px --data ... --pixel-budget 266000   # a training config's network and images
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ def loss_agreement(model: HMER, batches: list[Batch]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="small", choices=["paper", "small", "tiny"])
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--preset", default="small", choices=["paper", "small", "tiny"])
+    which.add_argument("--config", help="a training config (train/configs/NAME or a .toml path): its model and raster")
     parser.add_argument("--data", type=Path, help="CROHME-layout folder (real batches); default: synthetic")
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--pixel-budget", type=int, default=450_000)
@@ -93,7 +96,12 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = HMERConfig.preset(args.preset)
+    if args.config:
+        from train.config import TrainConfig
+
+        cfg, name = TrainConfig.load(args.config).model, args.config
+    else:
+        cfg, name = HMERConfig.preset(args.preset), args.preset
     vocab = Vocabulary.default()
     if args.data:
         batches = real_batches(args.data, cfg, vocab, args.batches, args.pixel_budget, args.max_batch)
@@ -102,16 +110,16 @@ def main() -> int:
     torch.manual_seed(0)
     state = HMER(cfg).state_dict()
     results = {}
-    for name, bf16, cl in [("fp32", False, False), ("bf16", True, False), ("bf16+channels_last", True, True)]:
+    for variant, bf16, cl in [("fp32", False, False), ("bf16", True, False), ("bf16+channels_last", True, True)]:
         model = HMER(cfg)
         model.load_state_dict(state)
-        results[name] = measure(model, batches, bf16, cl)
-        print(f"{args.preset} {name:>20}: {results[name]:6.2f} images/s", flush=True)
+        results[variant] = measure(model, batches, bf16, cl)
+        print(f"{name} {variant:>20}: {results[variant]:6.2f} images/s", flush=True)
     model = HMER(cfg)
     model.load_state_dict(state)
     agreement = loss_agreement(model, batches)
     best = max(results, key=results.get)
-    report = {"preset": args.preset, "threads": torch.get_num_threads(), "batches": len(batches),
+    report = {"preset": name, "threads": torch.get_num_threads(), "batches": len(batches),
               "images_per_s": results, "best": best, "speedup_best_vs_fp32": results[best] / results["fp32"],
               "bf16_loss_rel_diff": agreement, "data": "crohme" if args.data else "synthetic"}  # fmt: skip
     print(f"best: {best}, {report['speedup_best_vs_fp32']:.2f}x fp32; bf16 loss within {agreement:.2%} of fp32")

@@ -291,7 +291,8 @@ def test_the_finetune_dialog_limits_forgetting_only_when_it_can_check(qtbot, mak
     dialog.keep_knowledge.setChecked(False)
     with qtbot.waitSignal(dialog.relay.finished, timeout=120_000):
         dialog.start_button.click()
-    assert asked == [None] and dialog.result[0].mix == 1.0
+    assert asked == [None] and dialog.result[0].mix == 0.75  # the default share, nothing checked
+    assert "Kept 75% of the weight change" in dialog.report.toPlainText()
     dialog.keep_knowledge.setChecked(True)
     with qtbot.waitSignal(dialog.relay.finished, timeout=120_000):
         dialog.start_button.click()

@@ -208,14 +208,14 @@ def test_forgetting_limit_keeps_only_the_share_of_the_change_the_check_allows(tm
     samples = synthetic_examples(NEW_EXPRESSIONS, copies=4, wobble=0.01)
     known = synthetic_examples(SYNTHETIC_EXPRESSIONS)
     cfg = dict(max_steps=120, lr=1e-2, eval_every=30, patience=10, trainable="all")
-    free = finetune(tiny_checkpoint, samples, tmp_path / "free.pt", FinetuneConfig(**cfg, max_forgetting=None),
-                    base_eval=known)  # fmt: skip
+    free = finetune(tiny_checkpoint, samples, tmp_path / "free.pt",
+                    FinetuneConfig(**cfg, keep=1.0, max_forgetting=None), base_eval=known)  # fmt: skip
     assert free.base_after < free.base_before, "the unguarded fine-tune should forget something here"
     assert free.mix == 1.0
     stages = []
     guarded = finetune(tiny_checkpoint, samples, tmp_path / "guarded.pt", FinetuneConfig(**cfg, max_forgetting=0.0),
                        base_eval=known, progress=lambda step, total, info: stages.append(info.get("stage")))  # fmt: skip
-    assert guarded.base_after >= guarded.base_before and guarded.mix < 1.0
+    assert guarded.base_after >= guarded.base_before and guarded.mix < FinetuneConfig.keep
     # the checks after the last step are announced, so the dialog does not sit at "0 s left"
     assert [s for s in stages if s] == ["checking what it forgot on the CROHME subset", "measuring the new version"]
     assert any("CROHME check" in note for note in guarded.notes)
@@ -227,6 +227,31 @@ def test_forgetting_limit_keeps_only_the_share_of_the_change_the_check_allows(tm
         torch.testing.assert_close(value, expected[name], msg=name)
     with pytest.raises(ValueError, match="max_forgetting"):
         FinetuneConfig(max_forgetting=-1)
+
+
+def test_a_finetune_keeps_three_quarters_of_its_weight_change_by_default(tmp_path, tiny_checkpoint):
+    # No CROHME check here, so only the default share applies: the version written is the
+    # base moved three quarters of the way to what training reached.
+    import torch
+
+    from train.finetune import mix_weights
+
+    samples = synthetic_examples(NEW_EXPRESSIONS, copies=3, wobble=0.01)
+    cfg = dict(max_steps=20, lr=1e-2, eval_every=10, patience=10)
+    whole = finetune(tiny_checkpoint, samples, tmp_path / "whole.pt", FinetuneConfig(**cfg, keep=1.0))
+    kept = finetune(tiny_checkpoint, samples, tmp_path / "kept.pt", FinetuneConfig(**cfg))
+    assert whole.mix == 1.0 and kept.mix == 0.75 and not any("weight change" in n for n in kept.notes)
+    base, _, _ = load_checkpoint(tiny_checkpoint)
+    tuned, _, _ = load_checkpoint(tmp_path / "whole.pt")
+    written, _, _ = load_checkpoint(tmp_path / "kept.pt")
+    expected = mix_weights(base.state_dict(), tuned.state_dict(), 0.75)
+    changed = [k for k, v in tuned.state_dict().items() if v.is_floating_point() and not torch.equal(v, base.state_dict()[k])]
+    assert changed, "the fine-tune should have changed some weights"
+    for name, value in written.state_dict().items():
+        torch.testing.assert_close(value, expected[name], msg=name)
+    assert FinetuneConfig(keep=0.6).shares() == (0.6, 0.5, 0.25) and FinetuneConfig(keep=0.5).shares() == (0.5, 0.25)
+    with pytest.raises(ValueError, match="keep"):
+        FinetuneConfig(keep=0.0)
 
 
 def test_cancel_during_the_forgetting_check_writes_nothing_and_says_nothing_was_chosen(tmp_path, tiny_checkpoint):

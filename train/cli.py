@@ -22,9 +22,12 @@ def finetune_main(argv: list[str]) -> int:
     parser.add_argument("--trainable", choices=("encoder", "norm", "all"), default="encoder",
                         help="encoder (default): adapt to the handwriting, keep the decoder; norm: only the "
                         "encoder's normalization scales and shifts; all: every weight")
+    parser.add_argument("--keep", type=float, default=0.75,
+                        help="share of the fine-tune's weight change kept, the rest of the way back to --base "
+                        "(default 0.75; 1 keeps all of it)")
     parser.add_argument("--max-forgetting", type=float, default=1.0,
-                        help="ExpRate points the 2014 check (needs --data) may lose; beyond that only part of "
-                        "the weight change is kept (default 1)")
+                        help="ExpRate points the 2014 check (needs --data) may lose; beyond that a smaller "
+                        "share of the weight change is kept (default 1)")
     parser.add_argument("--json", dest="json_out", help="write the report here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")
@@ -47,7 +50,7 @@ def finetune_main(argv: list[str]) -> int:
         if args.data:
             replay, _ = load_split(args.data, "train", store.vocab)
             base_eval, _ = load_split(args.data, "2014", store.vocab, limit=100)
-        config = FinetuneConfig(max_steps=args.steps, lr=args.lr, trainable=args.trainable,
+        config = FinetuneConfig(max_steps=args.steps, lr=args.lr, trainable=args.trainable, keep=args.keep,
                                 max_forgetting=args.max_forgetting)
         report = finetune(args.base, samples, args.out, config, replay=replay, base_eval=base_eval)
         if report.output:

@@ -4,9 +4,9 @@ Defaults suit a few dozen samples: a fifth held out for validation, a low
 learning rate, at most a few hundred steps, early stopping on the held-out
 ExpRate, BatchNorm statistics frozen (a handful of samples must not redefine
 them), half of every batch replayed from CROHME training data when it is
-available, and a limit on forgetting: when the result loses more than a point
-on a CROHME check, only part of its weight change is kept. A cancelled or
-failed run writes nothing.
+available, three quarters of the weight change kept (the rest of the way back
+to the base), and a limit on forgetting: when that loses more than a point on a
+CROHME check, a smaller share is kept. A cancelled or failed run writes nothing.
 """
 
 from __future__ import annotations
@@ -63,11 +63,14 @@ class FinetuneConfig:
     # whole-model fine-tune learns those formulas rather than the handwriting.
     # "norm": only the encoder's normalization scales and shifts. "all": every weight.
     trainable: str = "encoder"
-    # ExpRate points the CROHME check (`base_eval`) may lose. When the fine-tune loses more,
-    # only part of its weight change is kept: the largest of `mix_shares` within the limit
-    # (weight-space interpolation toward the base, as in WiSE-FT), or none. None: no limit.
+    # Share of the fine-tune's weight change the new version keeps: base + keep * (tuned - base),
+    # a weight-space interpolation toward the base as in WiSE-FT. All of the change fits the
+    # samples best but forgets most; see the model card's adaptation figures for the choice.
+    keep: float = 0.75
+    # ExpRate points the CROHME check (`base_eval`) may lose. When `keep` loses more, the
+    # largest of the smaller `fallback_shares` within the limit is kept, or none. None: no limit.
     max_forgetting: float | None = 1.0
-    mix_shares: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
+    fallback_shares: tuple[float, ...] = (0.5, 0.25)
     augment: AugmentConfig = field(
         default_factory=lambda: AugmentConfig(scale=(0.8, 1.25), rotate_deg=2.0, shear=0.1, stroke_jitter=0.02)
     )
@@ -81,8 +84,12 @@ class FinetuneConfig:
             raise ValueError("holdout_fraction and replay_fraction must be in [0, 1)")
         if self.max_forgetting is not None and self.max_forgetting < 0:
             raise ValueError("max_forgetting must be at least 0 (or None for no limit)")
-        if not self.mix_shares or any(not 0 < s <= 1 for s in self.mix_shares):
-            raise ValueError("mix_shares must be fractions in (0, 1]")
+        if any(not 0 < s <= 1 for s in (self.keep, *self.fallback_shares)):
+            raise ValueError("keep and fallback_shares must be fractions in (0, 1]")
+
+    def shares(self) -> tuple[float, ...]:
+        """The shares of the weight change the forgetting limit tries, largest first."""
+        return (self.keep, *sorted({s for s in self.fallback_shares if s < self.keep}, reverse=True))
 
 
 @dataclass
@@ -99,7 +106,7 @@ class FinetuneReport:
     holdout_after: float | None = None
     base_before: float | None = None  # ExpRate % on the fixed CROHME subset, when given
     base_after: float | None = None
-    mix: float = 1.0  # share of the fine-tune's weight change kept (FinetuneConfig.max_forgetting)
+    mix: float = 1.0  # share of the fine-tune's weight change kept (FinetuneConfig.keep, .max_forgetting)
     train_before: float = 0.0
     train_after: float = 0.0
     seconds: float = 0.0
@@ -155,23 +162,24 @@ def mix_weights(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], s
 
 def limit_forgetting(
     model: HMER, base_state: dict, vocab: Vocabulary, check: list[Example], check_before: float, limit: float,
-    shares: tuple[float, ...] = FinetuneConfig.mix_shares, cancel: threading.Event | None = None,
+    shares: tuple[float, ...] | None = None, cancel: threading.Event | None = None,
 ) -> tuple[float, float, float]:  # fmt: skip
     """Move `model` (fine-tuned from `base_state`) back toward the base until it loses at
-    most `limit` ExpRate points on `check`: the largest of `shares` of its weight change
-    that does, or none. Returns (share kept, ExpRate on check, the whole change's loss)."""
+    most `limit` ExpRate points on `check`: the largest of `shares` (default
+    `FinetuneConfig().shares()`) of its weight change that does, or none. Returns (share
+    kept, ExpRate on check, what the largest share lost)."""
     tuned = copy.deepcopy(model.state_dict())
-    whole_drop = None
-    for share in sorted(shares, reverse=True):
+    first_drop = None
+    for share in sorted(FinetuneConfig().shares() if shares is None else shares, reverse=True):
         if cancel is not None and cancel.is_set():
             break
         model.load_state_dict(mix_weights(base_state, tuned, share))
         score = exprate(model, vocab, check)
-        whole_drop = check_before - score if whole_drop is None else whole_drop
+        first_drop = check_before - score if first_drop is None else first_drop
         if check_before - score <= limit:
-            return share, score, whole_drop
+            return share, score, first_drop
     model.load_state_dict(base_state)
-    return 0.0, check_before, whole_drop if whole_drop is not None else 0.0
+    return 0.0, check_before, first_drop if first_drop is not None else 0.0
 
 
 def _apply_forgetting_limit(
@@ -182,16 +190,16 @@ def _apply_forgetting_limit(
     what was given up."""
     limit = config.max_forgetting
     share, report.base_after, drop = limit_forgetting(model, base_state, vocab, base_eval, report.base_before, limit,
-                                                      config.mix_shares, cancel)  # fmt: skip
+                                                      config.shares(), cancel)  # fmt: skip
     if cancel is not None and cancel.is_set():
         return  # a cancelled run writes nothing: no share was chosen
     report.mix = share
     if share == 0:
         report.notes.append(f"every share of the fine-tune's weight change cost more than {limit:g} points on the "
                             "CROHME check: this version keeps the base weights")  # fmt: skip
-    elif share < 1:
-        report.notes.append(f"kept {share:.0%} of the fine-tune's weight change: all of it cost {drop:.1f} points "
-                            f"on the CROHME check (limit {limit:g})")  # fmt: skip
+    elif share < config.keep:
+        report.notes.append(f"kept {share:.0%} of the fine-tune's weight change: {config.keep:.0%} of it cost "
+                            f"{drop:.1f} points on the CROHME check (limit {limit:g})")  # fmt: skip
 
 
 def _freeze_batchnorm(model: HMER) -> None:
@@ -294,6 +302,9 @@ def finetune(
     if base_eval and config.max_forgetting is not None and not (cancel is not None and cancel.is_set()):
         stage("checking what it forgot on the CROHME subset")
         _apply_forgetting_limit(model, base_state, vocab, base_eval, config, report, cancel)
+    elif config.keep < 1:
+        model.load_state_dict(mix_weights(base_state, copy.deepcopy(model.state_dict()), config.keep))
+        report.mix = config.keep
     if cancel is not None and cancel.is_set():
         report.stopped = "cancelled"
         report.seconds = time.monotonic() - start

@@ -270,8 +270,10 @@ class FinetuneDialog(QDialog):
             lines.append(f"CROHME 2014 subset: {pct(report.base_before)} → {pct(report.base_after)}")
         learned = {"encoder": "the ink reader (encoder)", "norm": "the ink reader's normalization layers",
                    "all": "the whole model"}.get(report.trainable, report.trainable)  # fmt: skip
-        lines += [f"{report.steps} steps, stopped by {report.stopped}, {report.seconds:.0f} s; trained {learned}",
-                  *report.notes]  # fmt: skip
+        lines.append(f"{report.steps} steps, stopped by {report.stopped}, {report.seconds:.0f} s; trained {learned}")
+        if report.mix < 1:  # the rest of the way back to the base keeps what it knew
+            lines.append(f"Kept {report.mix:.0%} of the weight change the training found")
+        lines += report.notes
         self.report.setPlainText("\n".join(lines))
         self.status.setText(f"New version #{version} saved. Use it below, or keep the current one.")
         self.refresh_versions()
