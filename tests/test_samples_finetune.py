@@ -173,6 +173,34 @@ def test_a_tie_in_held_out_exprate_goes_to_the_lower_held_out_loss(tmp_path, tin
     assert changed, "the fine-tune kept the base weights despite a lower held-out loss"
 
 
+def test_a_run_shorter_than_the_evaluation_interval_is_still_validated_and_kept(tmp_path, tiny_checkpoint):
+    # 10 steps with evaluations every 25: the held-out check must still run after the last
+    # step, or the run would silently fall back to the base weights.
+    import torch
+
+    samples = synthetic_examples(NEW_EXPRESSIONS, copies=4, wobble=0.01)
+    seen = []
+    report = finetune(tiny_checkpoint, samples, tmp_path / "ft.pt",
+                      FinetuneConfig(max_steps=10, lr=2e-3, eval_every=25, patience=10),
+                      progress=lambda step, total, info: seen.append((step, "holdout_loss" in info)))  # fmt: skip
+    assert (10, True) in seen and report.mix == FinetuneConfig.keep
+    base, _, _ = load_checkpoint(tiny_checkpoint)
+    tuned, _, _ = load_checkpoint(tmp_path / "ft.pt")
+    assert any(not torch.equal(v, base.state_dict()[k]) for k, v in tuned.state_dict().items())
+
+
+def test_a_finetune_that_never_beats_the_base_says_so_and_keeps_its_weights(tmp_path, tiny_checkpoint):
+    import torch
+
+    samples = synthetic_examples(NEW_EXPRESSIONS, copies=4, wobble=0.01)
+    report = finetune(tiny_checkpoint, samples, tmp_path / "ft.pt",
+                      FinetuneConfig(max_steps=10, lr=0.0, eval_every=5, patience=10))  # fmt: skip
+    assert report.mix == 0.0 and any("base's weights" in note for note in report.notes)
+    base, _, _ = load_checkpoint(tiny_checkpoint)
+    tuned, _, _ = load_checkpoint(tmp_path / "ft.pt")
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in tuned.state_dict().items())
+
+
 def test_encoder_only_finetune_keeps_every_decoder_weight(tmp_path, tiny_checkpoint):
     # The default adapts how ink is seen and leaves the decoder's knowledge of formulas
     # alone; "all" changes the decoder too.

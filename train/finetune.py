@@ -277,7 +277,7 @@ def finetune(
         optimizer.step()
         report.steps = step
         info = {"loss": parts["loss"]}
-        if holdout and step % config.eval_every == 0:
+        if holdout and (step % config.eval_every == 0 or step == config.max_steps):  # the last step too
             score = (exprate(model, vocab, holdout), -mean_loss(model, vocab, holdout))
             info["holdout_exprate"], info["holdout_loss"] = score[0], -score[1]
             if score > best_score:
@@ -299,7 +299,11 @@ def finetune(
         if progress:
             progress(report.steps, config.max_steps, {"loss": info["loss"], "stage": text})
 
-    if base_eval and config.max_forgetting is not None and not (cancel is not None and cancel.is_set()):
+    if holdout and best_state is base_state:  # nothing to keep, and nothing the base could have forgotten
+        report.mix = 0.0
+        report.notes.append("no step read your held-out samples better than the base model: this version "
+                            "has the base's weights")  # fmt: skip
+    elif base_eval and config.max_forgetting is not None and not (cancel is not None and cancel.is_set()):
         stage("checking what it forgot on the CROHME subset")
         _apply_forgetting_limit(model, base_state, vocab, base_eval, config, report, cancel)
     elif config.keep < 1:
