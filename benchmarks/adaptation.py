@@ -40,7 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.checkpoint import load_checkpoint  # noqa: E402
 from train.data import Example, load_split  # noqa: E402
-from train.finetune import TRAINABLE, FinetuneConfig, exprate, finetune, limit_forgetting, mix_weights  # noqa: E402
+from train.finetune import (  # noqa: E402
+    TRAINABLE, FinetuneConfig, exprate, finetune, limit_forgetting, mix_weights, read_correctly,
+)
 
 
 def with_style(example: Example, slant: float, squeeze: float) -> Example:
@@ -116,7 +118,7 @@ def main() -> int:
         pool = [pool[i] for i in np.random.default_rng(1).permutation(len(pool))]
         others, check = pool[: args.others], pool[args.others : args.others + args.check]
         before_writer, before_others = exprate(base, vocab, mine), exprate(base, vocab, others)
-        check_before = exprate(base, vocab, check)
+        check_before = read_correctly(base, vocab, check)
         correct_after, others_after, steps, fit = 0.0, [], [], []
         correct_limited, others_limited, shares = 0.0, [], []
         by_share = {share: [0.0, []] for share in args.shares}  # share -> [correct on the writer, others per fold]

@@ -298,3 +298,16 @@ def test_cancel_during_the_forgetting_check_writes_nothing_and_says_nothing_was_
                       cancel=cancel)  # fmt: skip
     assert report.stopped == "cancelled" and report.output is None and not out.exists()
     assert not any("CROHME check" in note for note in report.notes)
+
+
+def test_the_forgetting_check_backs_off_only_from_a_loss_beyond_its_noise():
+    from train.finetune import forgetting_beyond_noise
+
+    before = [True] * 50 + [False] * 50
+    # 5 lost, 2 gained of 100: a 3-point drop, well within what 7 changed answers can do by chance
+    after = [False] * 5 + [True] * 45 + [True] * 2 + [False] * 48
+    assert forgetting_beyond_noise(before, after) < 1.0
+    # 12 lost, none gained: at least 6 points lost, whatever the noise
+    after = [False] * 12 + [True] * 38 + [False] * 50
+    assert 6.0 < forgetting_beyond_noise(before, after) < 7.0
+    assert forgetting_beyond_noise(before, before) == 0.0
