@@ -67,7 +67,7 @@ class FinetuneConfig:
     trainable: str = "encoder"
     # Share of the fine-tune's weight change the new version keeps: base + keep * (tuned - base),
     # a weight-space interpolation toward the base as in WiSE-FT. All of the change fits the
-    # samples best but forgets most; see the model card's adaptation figures for the choice.
+    # samples best but forgets most; the README's adaptation figures show the trade.
     keep: float = 0.75
     # ExpRate points the CROHME check (`base_eval`) may lose beyond its noise
     # (`forgetting_beyond_noise`). When `keep` loses more, the largest of the smaller
