@@ -89,6 +89,8 @@ def main() -> int:
         parser.error("--folds must be at least 2")
     if not 0.1 <= args.squeeze <= 2.0:
         parser.error("--squeeze must be in [0.1, 2]")
+    if not 0 < args.keep <= 1:
+        parser.error("--keep must be in (0, 1]")
 
     _, vocab, _ = load_checkpoint(args.checkpoint)
     examples: list[Example] = []
