@@ -74,7 +74,7 @@ def main() -> int:
     parser.add_argument("--keep", type=float, default=FinetuneConfig.keep,
                         help="share of each fine-tune's weight change the app keeps (before the limit)")
     parser.add_argument("--max-forgetting", type=float, default=FinetuneConfig.max_forgetting,
-                        help="ExpRate points the check may lose")
+                        help="ExpRate points the check may lose beyond its noise")
     parser.add_argument("--shares", type=float, nargs="*", default=[],
                         help="also measure each fold's fine-tune keeping only these shares of its weight change")
     parser.add_argument("--steps", type=int, default=FinetuneConfig.max_steps)

@@ -331,7 +331,7 @@ def finetune(
         stage("checking what it forgot on the CROHME subset")
         _apply_forgetting_limit(model, base_state, vocab, base_eval, base_flags, config, report, cancel)
     elif config.keep < 1:
-        model.load_state_dict(mix_weights(base_state, copy.deepcopy(model.state_dict()), config.keep))
+        model.load_state_dict(mix_weights(base_state, model.state_dict(), config.keep))  # lerp makes new tensors
         report.mix = config.keep
     if cancel is not None and cancel.is_set():
         report.stopped = "cancelled"
