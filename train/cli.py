@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, help="override [loop] max_steps")
     parser.add_argument("--max-epochs", type=int, help="override [loop] max_epochs (a cosine schedule spans them)")
     parser.add_argument("--budget-minutes", type=float, help="override [loop] budget_minutes")
+    parser.add_argument("--num-workers", type=int,
+                        help="override [data] num_workers (two runs sharing one machine split its cores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")
     try:
@@ -108,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides["budget_minutes"] = args.budget_minutes
     if overrides:
         cfg = replace(cfg, loop=replace(cfg.loop, **overrides))
+    if args.num_workers is not None:
+        if args.num_workers < 0:
+            print("hmer-train: --num-workers must be 0 or more", file=sys.stderr)
+            return 2
+        cfg = replace(cfg, data=replace(cfg.data, num_workers=args.num_workers))
     from train.trainer import Trainer  # torch import after argument errors are reported
 
     try:
