@@ -150,6 +150,19 @@ def test_time_budget_decays_the_cosine_schedule_and_stops_the_run(tmp_path):
     assert (tmp_path / "b" / "last.pt").exists()
 
 
+def test_a_run_that_stops_between_validations_validates_its_last_weights(tmp_path):
+    import json
+
+    examples = synthetic_examples(SYNTHETIC_EXPRESSIONS)
+    trainer = Trainer(tiny_train_config(max_steps=2, val_every_steps=100), data_dir=tmp_path, out_dir=tmp_path / "v",
+                      train_examples=examples, val_examples=examples[:4], show_progress=False)  # fmt: skip
+    result = trainer.run()
+    assert result["reason"] == "max_steps"
+    events = [json.loads(line) for line in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "val"] == [2]
+    assert (tmp_path / "v" / "best.pt").exists()
+
+
 def test_ema_is_the_weighted_average_of_the_weights_before_and_after_a_step(tmp_path):
     examples = synthetic_examples(SYNTHETIC_EXPRESSIONS)
     trainer = Trainer(tiny_train_config(max_steps=1, ema_decay=0.5), data_dir=tmp_path, out_dir=tmp_path / "e",

@@ -145,6 +145,7 @@ class Trainer:
         self.epoch = 0
         self.pos = 0  # batches of the current epoch already consumed (by all ranks)
         self.best = -1.0
+        self.validated_step = -1  # the step whose weights were last validated in this session
         self.elapsed = 0.0  # training seconds over all sessions of this run
         if resume and (self.out / "state.pt").exists():
             self._load_state()
@@ -326,6 +327,7 @@ class Trainer:
     def _validate_and_keep_best(self) -> None:
         t0 = time.monotonic()
         metrics = self.validate()
+        self.validated_step = self.step
         self.plateau.step(metrics["exprate"])
         improved = metrics["exprate"] > self.best
         if improved:
@@ -405,6 +407,10 @@ class Trainer:
                 bar.close()
                 if stop_reason != "max_epochs":
                     break
+            if self.val_examples and self.step > 0 and self.validated_step != self.step:
+                # A run that stops between validations (a time budget, --max-steps) ends with its lr
+                # decayed: its last weights are often its best, so they compete for best.pt too.
+                self._validate_and_keep_best()
             self.save_state()
         finally:
             seconds = time.monotonic() - start
