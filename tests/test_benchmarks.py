@@ -113,3 +113,23 @@ def test_train_step_profile_counts_shapes_and_times_fresh_and_seen_ones(tmp_path
     for layout in ("channels_last", "contiguous"):
         assert set(report[layout]) == {"fresh_ms", "seen_again_ms", "one_shape_ms"}
     assert report["loader_batches_per_s"] > 0 and "top_by_self_cpu_time_total" in report
+
+
+def test_failure_report_separates_dropped_symbols_from_substitutions(tmp_path):
+    from benchmarks.failure_report import main
+
+    failures = [
+        {"prediction": "x + 1", "truth": "x + 1 0"},  # a dropped symbol
+        {"prediction": "c ^ { 2 }", "truth": "C ^ { 2 }"},  # one wrong token: case
+        {"prediction": "c } 2 {", "truth": "C { 2 }"},  # same length, three wrong tokens
+        {"prediction": "a + b + c", "truth": "a + b"},  # an extra symbol
+    ]
+    src, out = tmp_path / "eval.json", tmp_path / "report.json"
+    src.write_text(json.dumps({"failures": failures}))
+    assert main([str(src), "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert (r["failures"], r["shorter_pct"], r["longer_pct"], r["same_length_pct"]) == (4, 25.0, 25.0, 50.0)
+    assert r["single_substitutions"] == [["C", "c", 1]]
+    assert r["same_length_substitutions"][0] == ["C", "c", 2]
+    assert r["brace_swaps"] == 2
+    assert main([str(tmp_path / "missing.json")]) == 2
