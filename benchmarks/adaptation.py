@@ -67,6 +67,9 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--splits", nargs="+", default=["2014", "2016"])
     parser.add_argument("--writers", type=int, default=5, help="how many writers (those with the most expressions)")
+    parser.add_argument("--skip-writers", type=int, default=0,
+                        help="pass over this many of the writers with the most expressions first (to add writers "
+                             "to an earlier run's sample)")
     parser.add_argument("--folds", type=int, default=2, help="folds per writer (2: adapt on half, test on the other)")
     parser.add_argument("--others", type=int, default=300, help="expressions of other writers to watch for forgetting")
     parser.add_argument("--check", type=int, default=100,
@@ -91,6 +94,8 @@ def main() -> int:
         parser.error("--squeeze must be in [0.1, 2]")
     if not 0 < args.keep <= 1:
         parser.error("--keep must be in (0, 1]")
+    if args.skip_writers < 0:
+        parser.error("--skip-writers must be 0 or more")
 
     _, vocab, _ = load_checkpoint(args.checkpoint)
     examples: list[Example] = []
@@ -103,7 +108,8 @@ def main() -> int:
     by_writer: dict[str, list[Example]] = defaultdict(list)
     for e in examples:
         by_writer[e.writer].append(e)
-    chosen = sorted(by_writer, key=lambda w: -len(by_writer[w]))[: args.writers]
+    ranked = sorted(by_writer, key=lambda w: -len(by_writer[w]))
+    chosen = ranked[args.skip_writers : args.skip_writers + args.writers]
     replay = None if args.no_replay else load_split(args.data, "train", vocab)[0]
     # the share and the limit are applied below, so both the whole change and the kept one are measured
     config = FinetuneConfig(max_steps=args.steps, lr=args.lr, trainable=args.trainable, keep=1.0, max_forgetting=None)
@@ -163,7 +169,7 @@ def main() -> int:
                       for k, v in row["by_share"].items()), flush=True)  # fmt: skip
     total = sum(r["expressions"] for r in rows)
     summary = {
-        "checkpoint": str(args.checkpoint), "writers": rows, "decode": "greedy", "folds": args.folds,
+        "checkpoint": str(args.checkpoint), "writers": rows, "skip_writers": args.skip_writers, "decode": "greedy", "folds": args.folds,
         "steps": args.steps, "lr": args.lr, "trainable": args.trainable, "replay": replay is not None,
         "simulated_style": {"slant": args.slant, "squeeze": args.squeeze},
         "pooled_writer_before": sum(r["writer_before"] * r["expressions"] for r in rows) / max(1, total),

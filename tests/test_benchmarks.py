@@ -39,12 +39,17 @@ def test_train_throughput_benchmark_reports_all_three_settings(tmp_path):
     assert report["bf16_loss_rel_diff"] < 0.05
 
 
-def test_adaptation_benchmark_tests_every_expression_of_a_writer_once(tmp_path, tiny_checkpoint):
-    data = tmp_path / "data"
+def _two_writers(data):
+    """Writer 7 with 4 expressions, writer 8 with 2, and a small training split to replay."""
     for i, latex in enumerate(SYNTHETIC_EXPRESSIONS[:6]):
         write_inkml(data / "2014" / f"w{i}.inkml", ink_for(latex), latex, writer="7" if i < 4 else "8")
         write_inkml(data / "train" / f"t{i}.inkml", ink_for(latex, size=11.0), latex)
     write_inkml(data / "2014" / "w5.inkml", ink_for(SYNTHETIC_EXPRESSIONS[0], seed=5), SYNTHETIC_EXPRESSIONS[0], writer="8")
+
+
+def test_adaptation_benchmark_tests_every_expression_of_a_writer_once(tmp_path, tiny_checkpoint):
+    data = tmp_path / "data"
+    _two_writers(data)
     out = tmp_path / "adapt.json"
     done = _run("benchmarks/adaptation.py", "--data", str(data), "--checkpoint", str(tiny_checkpoint),
                 "--splits", "2014", "--writers", "1", "--steps", "3", "--others", "1", "--check", "1",
@@ -65,6 +70,21 @@ def test_adaptation_benchmark_tests_every_expression_of_a_writer_once(tmp_path, 
     # and, when asked, keeping only part of each fold's weight change
     assert set(row["by_share"]) == {"0.5"} and set(report["by_share"]["0.5"]) == {"pooled_writer_after",
                                                                                   "mean_others_change"}
+
+
+def test_adaptation_benchmark_can_pass_over_the_writers_an_earlier_run_measured(tmp_path, tiny_checkpoint):
+    data = tmp_path / "data"
+    _two_writers(data)
+    out = tmp_path / "adapt.json"
+    args = ["benchmarks/adaptation.py", "--data", str(data), "--checkpoint", str(tiny_checkpoint), "--splits", "2014",
+            "--writers", "1", "--steps", "2", "--others", "1", "--check", "1", "--no-replay", "--json", str(out)]
+    done = _run(*args, "--skip-writers", "1")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    (row,) = report["writers"]
+    assert row["writer"] == "2014/8" and row["expressions"] == 2 and report["skip_writers"] == 1  # the second-largest
+    refused = _run(*args, "--skip-writers", "-1")
+    assert refused.returncode == 2 and "--skip-writers" in refused.stderr
 
 
 def test_simulated_writer_style_slants_the_expression_and_narrows_each_stroke():
