@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 
 from model.inkml import write_inkml
 from tests.conftest import REPO, SYNTHETIC_EXPRESSIONS
@@ -28,6 +29,26 @@ def test_latency_benchmark_compares_with_the_full_prefix_baseline(tmp_path, tiny
     report = json.loads(out.read_text())
     assert {"p50_ms", "p95_ms", "baseline_p50_ms", "speedup", "identical", "n", "checkpoint", "threads"} <= set(report)
     assert report["n"] == 3 and report["identical"] == 1.0  # caching changes the speed, never the answer
+    assert report["no_cache_identical"] == 1.0 and report["no_cache_p50_ms"] > 0
+
+
+def test_reference_baseline_decodes_the_rows_of_finished_directions_too(tiny_checkpoint):
+    from benchmarks.latency import FullPrefixDecoder, ReferenceDecoder
+    from model.checkpoint import load_checkpoint
+
+    model, _, _ = load_checkpoint(tiny_checkpoint)
+    model.eval()
+    memory, mask = torch.randn(1, 2, 5, model.config.d_model), torch.zeros(1, 2, 5, dtype=torch.bool)
+    batches: list[int] = []
+    model.decoder.register_forward_hook(lambda mod, args, out: batches.append(args[2].shape[0]))
+    tokens = torch.tensor([4, 7])  # two live rows of a batch the reference kept at six
+    with torch.inference_mode():
+        ref = ReferenceDecoder(model, rows=6)
+        ours = FullPrefixDecoder(model)
+        ref_main, _, _ = ref.step(ref.start(memory, mask, torch.zeros(2, dtype=torch.long)), tokens)
+        main, _, _ = ours.step(ours.start(memory, mask, torch.zeros(2, dtype=torch.long)), tokens)
+    assert batches == [6, 2]
+    assert ref_main.shape == (2, model.config.vocab_size) and torch.allclose(ref_main, main, atol=1e-5)
 
 
 def test_train_throughput_benchmark_reports_all_three_settings(tmp_path):
