@@ -232,3 +232,7 @@ def test_max_epochs_on_the_command_line_overrides_the_config(monkeypatch, tmp_pa
     assert cfg.loop.max_epochs == 7 and cfg.schedule.kind == "cosine"  # the decay now spans 7 epochs
     assert cfg.optim.lr == 4e-4  # nothing else changed
     assert train_main(args + ["--max-epochs", "0"]) == 2 and "at least 1" in capsys.readouterr().err
+    # two lease runs sharing one machine split its cores between their loaders
+    assert train_main(args + ["--num-workers", "7"]) == 0
+    assert seen[-1].data.num_workers == 7 and seen[-1].data.pixel_budget == seen[0].data.pixel_budget
+    assert train_main(args + ["--num-workers", "-1"]) == 2 and "--num-workers" in capsys.readouterr().err
