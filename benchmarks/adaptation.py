@@ -169,7 +169,8 @@ def main() -> int:
                       for k, v in row["by_share"].items()), flush=True)  # fmt: skip
     total = sum(r["expressions"] for r in rows)
     summary = {
-        "checkpoint": str(args.checkpoint), "writers": rows, "skip_writers": args.skip_writers, "decode": "greedy", "folds": args.folds,
+        "checkpoint": str(args.checkpoint), "writers": rows, "skip_writers": args.skip_writers,
+        "decode": "greedy", "folds": args.folds,
         "steps": args.steps, "lr": args.lr, "trainable": args.trainable, "replay": replay is not None,
         "simulated_style": {"slant": args.slant, "squeeze": args.squeeze},
         "pooled_writer_before": sum(r["writer_before"] * r["expressions"] for r in rows) / max(1, total),

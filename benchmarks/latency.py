@@ -53,30 +53,19 @@ class _PrefixState:
 
 
 class FullPrefixDecoder:
-    """The reference's decoding: each step runs the decoder over the whole prefix."""
+    """The reference's decoding: each step runs the decoder over the whole prefix.
 
-    def __init__(self, model: HMER) -> None:
-        self.model = model
-
-    def start(self, memory, memory_mask, image_index) -> _PrefixState:
-        return _PrefixState(memory, memory_mask, image_index, torch.zeros(len(image_index), 0, dtype=torch.long))
-
-    def step(self, state: _PrefixState, tokens: torch.Tensor, need_aux: bool = True):
-        state.prefix = torch.cat((state.prefix, tokens[:, None]), dim=1)
-        idx = state.image_index
-        main, aux, _ = self.model.decoder(state.memory[idx], state.memory_mask[idx], state.prefix)
-        return main[:, -1], aux[:, -1], None
-
-
-class ReferenceDecoder(FullPrefixDecoder):
-    """Full-prefix decoding of a constant batch: the reference kept every beam of both
+    With `rows`, the batch stays that large: the reference kept every beam of both
     directions in the batch until all were done, decoding a finished direction's rows
     too. Those rows are decoded here as well (copies of a live row, the same work) and
     their outputs dropped, so the answers are the search's own."""
 
-    def __init__(self, model: HMER, rows: int) -> None:
-        super().__init__(model)
+    def __init__(self, model: HMER, rows: int = 0) -> None:
+        self.model = model
         self.rows = rows
+
+    def start(self, memory, memory_mask, image_index) -> _PrefixState:
+        return _PrefixState(memory, memory_mask, image_index, torch.zeros(len(image_index), 0, dtype=torch.long))
 
     def step(self, state: _PrefixState, tokens: torch.Tensor, need_aux: bool = True):
         state.prefix = torch.cat((state.prefix, tokens[:, None]), dim=1)
@@ -96,7 +85,7 @@ def baseline_recognize(rec: Recognizer, strokes, beam: int, max_len: int, refere
         imgs = torch.from_numpy(image)[None, None]
         memory, mask = rec.model.encode(imgs, torch.zeros(1, *image.shape, dtype=torch.bool))
         if reference:
-            limit, decoder = max_len, ReferenceDecoder(rec.model, rows=2 * beam)
+            limit, decoder = max_len, FullPrefixDecoder(rec.model, rows=2 * beam)
         else:
             limit, decoder = length_limit(len(strokes), max_len), FullPrefixDecoder(rec.model)
         hyps = beam_search_memory(rec.model, memory, mask, rec.vocab, beam, limit, decoder=decoder)

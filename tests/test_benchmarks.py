@@ -33,7 +33,7 @@ def test_latency_benchmark_compares_with_the_full_prefix_baseline(tmp_path, tiny
 
 
 def test_reference_baseline_decodes_the_rows_of_finished_directions_too(tiny_checkpoint):
-    from benchmarks.latency import FullPrefixDecoder, ReferenceDecoder
+    from benchmarks.latency import FullPrefixDecoder
     from model.checkpoint import load_checkpoint
 
     model, _, _ = load_checkpoint(tiny_checkpoint)
@@ -43,7 +43,7 @@ def test_reference_baseline_decodes_the_rows_of_finished_directions_too(tiny_che
     model.decoder.register_forward_hook(lambda mod, args, out: batches.append(args[2].shape[0]))
     tokens = torch.tensor([4, 7])  # two live rows of a batch the reference kept at six
     with torch.inference_mode():
-        ref = ReferenceDecoder(model, rows=6)
+        ref = FullPrefixDecoder(model, rows=6)
         ours = FullPrefixDecoder(model)
         ref_main, _, _ = ref.step(ref.start(memory, mask, torch.zeros(2, dtype=torch.long)), tokens)
         main, _, _ = ours.step(ours.start(memory, mask, torch.zeros(2, dtype=torch.long)), tokens)

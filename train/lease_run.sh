@@ -24,8 +24,8 @@ LOG=$OUT/console.log
   python3 -c "import torch; print(torch.__version__, torch.cuda.is_available())"; } > "$LOG" 2>&1
 tar -C "/tmp/lease_data_$NAME" -xJf "$DATA" || { echo "cannot unpack $DATA" >> "$LOG"; exit 2; }
 RUN=/tmp/lease_run_$NAME
-# Data loading and the last save come on top of the budget; the hard stop leaves them
-# 90 s, so that the exports below still run. Pick BUDGET so that it plus 2 minutes fits
+# Data loading, the validation of the last weights and the last save come on top of
+# the budget; the hard stop leaves them 90 s, so that the exports below still run. Pick BUDGET so that it plus 2 minutes fits
 # the machine's limit per command (7.5 for 10 minutes).
 timeout $(awk "BEGIN { print int($BUDGET * 60) + 90 }") python3 -m train.cli --config "$CONFIG" --data "/tmp/lease_data_$NAME/crohme" \
     --out $RUN --budget-minutes "$BUDGET" ${INIT:+--init "$INIT"} ${WORKERS:+--num-workers "$WORKERS"} > $RUN.console 2>&1

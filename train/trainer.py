@@ -410,8 +410,9 @@ class Trainer:
             if self.val_examples and self.step > 0 and self.validated_step != self.step:
                 # A run that stops between validations (a time budget, --max-steps) ends with its lr
                 # decayed: its last weights are often its best, so they compete for best.pt too.
-                self._validate_and_keep_best()
-            self.save_state()
+                self._validate_and_keep_best()  # saves the state as well
+            else:
+                self.save_state()
         finally:
             seconds = time.monotonic() - start
             self._log({"event": "stop", "reason": stop_reason, "seconds": seconds, "images": images})
