@@ -174,3 +174,26 @@ def test_failure_report_separates_dropped_symbols_from_substitutions(tmp_path):
     assert r["same_length_substitutions"][0] == ["C", "c", 2]
     assert r["brace_swaps"] == 2
     assert main([str(tmp_path / "missing.json")]) == 2
+
+
+def test_nbest_rerank_reproduces_the_search_ranking_and_bounds_it_by_the_oracle(tmp_path, tiny_checkpoint):
+    from benchmarks.nbest_rerank import main
+    from model.checkpoint import load_checkpoint
+    from train.data import load_split
+    from train.evaluate import evaluate_examples
+
+    truths = list(SYNTHETIC_EXPRESSIONS[:4])
+    for i, latex in enumerate(truths):
+        write_inkml(tmp_path / "data" / "mini" / f"e{i}.inkml", ink_for(latex), "1 + 2 +" if i == 0 else latex)
+    out = tmp_path / "nbest.json"
+    args = ["--data", str(tmp_path / "data"), "--split", "mini", "--checkpoint", str(tiny_checkpoint), "--beam", "3"]
+    assert main([*args, "--rescore", str(tiny_checkpoint), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    model, vocab, _ = load_checkpoint(tiny_checkpoint)
+    examples, _ = load_split(tmp_path / "data", "mini", vocab)
+    exprate = evaluate_examples(model, vocab, examples, beam=3, show_progress=False)["exprate"]
+    assert report["n"] == 4
+    assert report["rerank"]["reference"] == report["top_k"]["1"] == exprate == 75.0  # the search's own pick
+    assert report["top_k"]["1"] <= report["top_k"]["5"] <= report["oracle"]
+    # a companion that is the same model doubles every score: the ranking cannot change
+    assert report["rerank"]["main+1:" + tiny_checkpoint.stem] == report["rerank"]["reference"]

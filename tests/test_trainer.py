@@ -236,3 +236,30 @@ def test_max_epochs_on_the_command_line_overrides_the_config(monkeypatch, tmp_pa
     assert train_main(args + ["--num-workers", "7"]) == 0
     assert seen[-1].data.num_workers == 7 and seen[-1].data.pixel_budget == seen[0].data.pixel_budget
     assert train_main(args + ["--num-workers", "-1"]) == 2 and "--num-workers" in capsys.readouterr().err
+
+
+def test_hmer_eval_counts_a_truth_found_among_the_alternatives(tiny_checkpoint):
+    from dataclasses import replace as replace_example
+
+    from model.beam import beam_search
+    from train.evaluate import evaluate_examples, image_tensors
+
+    model, vocab, _ = load_checkpoint(tiny_checkpoint)
+    model.eval()
+    example = synthetic_examples(SYNTHETIC_EXPRESSIONS[:1])[0]
+    imgs, masks = image_tensors(example, model, torch.device("cpu"))
+    with torch.inference_mode():
+        hyps = beam_search(model, imgs, masks, vocab, beam_size=3, nbest=3)[0]
+    assert len(hyps) >= 2
+    second = replace_example(example, tokens=vocab.decode(hyps[1].ids))  # the truth is the runner-up
+    report = evaluate_examples(model, vocab, [second], beam=3, show_progress=False, alternatives=2)
+    assert report["exprate"] == 0.0 and report["in_alternatives"] == 100.0
+    assert "in_alternatives" not in evaluate_examples(model, vocab, [second], beam=3, show_progress=False)
+    with pytest.raises(ValueError, match="alternatives"):
+        evaluate_examples(model, vocab, [second], beam=0, show_progress=False, alternatives=2)
+
+
+def test_hmer_eval_refuses_alternatives_without_beam_search(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        eval_main(["--data", str(tmp_path), "--split", "x", "--beam", "0", "--alternatives", "5"])
+    assert "--alternatives needs --beam" in capsys.readouterr().err

@@ -44,11 +44,18 @@ def evaluate_examples(
     device: torch.device | str = "cpu",
     unreadable: list[tuple[str, str]] | None = None,
     show_progress: bool = True,
+    alternatives: int = 1,
 ) -> dict[str, Any]:
-    """Decode each expression alone (as the app does) and score it against its tokens."""
+    """Decode each expression alone (as the app does) and score it against its tokens.
+
+    With `alternatives` k > 1 (beam search only), the report also gives how often the
+    truth is among the first k readings of the n-best list the app offers."""
+    if alternatives < 1 or (alternatives > 1 and beam <= 0):
+        raise ValueError("alternatives needs beam search and must be at least 1")
     device = torch.device(device)
     model = model.to(device).eval()
     counter = ExpRateCounter()
+    in_alternatives = 0
     by_length: dict[str, ExpRateCounter] = defaultdict(ExpRateCounter)
     failures = []
     for ex in tqdm(examples, desc="evaluating", disable=not show_progress, dynamic_ncols=True, mininterval=2):
@@ -56,10 +63,12 @@ def evaluate_examples(
         with torch.inference_mode():
             limit = length_limit(len(ex.strokes))  # the same bound the app uses
             if beam > 0:
-                ids = list(beam_search(model, imgs, masks, vocab, beam_size=beam, max_len=limit, nbest=1)[0][0].ids)
+                hyps = beam_search(model, imgs, masks, vocab, beam_size=beam, max_len=limit, nbest=alternatives)[0]
+                readings = [vocab.decode(h.ids) for h in hyps]
             else:
-                ids = greedy_search(model, imgs, masks, vocab, max_len=limit)[0][0]
-        pred = vocab.decode(ids)
+                readings = [vocab.decode(greedy_search(model, imgs, masks, vocab, max_len=limit)[0][0])]
+        pred = readings[0]
+        in_alternatives += list(ex.tokens) in readings
         dist = counter.add(pred, ex.tokens)
         lo, hi = next(b for b in LENGTH_BINS if b[0] <= len(ex.tokens) <= b[1])
         by_length[f"{lo}-{hi}" if hi < 10_000 else f">{lo - 1}"].add(pred, ex.tokens)
@@ -68,9 +77,13 @@ def evaluate_examples(
     for name, reason in unreadable or []:
         counter.add(None, [])
         failures.append({"id": Path(name).stem, "distance": None, "prediction": None, "truth": None, "error": reason})
+    top = {}
+    if alternatives > 1:
+        top = {"alternatives": alternatives, "in_alternatives": 100.0 * in_alternatives / counter.n if counter.n else 0.0}
     return {
         "n": counter.n,
         **counter.summary(),
+        **top,
         "by_length": {k: {"n": c.n, **c.summary()} for k, c in sorted(by_length.items(), key=lambda kv: int(kv[0].split("-")[0].lstrip(">")))},
         "failures": failures,
     }
@@ -83,10 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help=f"default: the bundled assets/{BUNDLED_CHECKPOINT}")
     parser.add_argument("--beam", type=int, default=10, help="beam size; 0 = greedy")
     parser.add_argument("--limit", type=int, default=0, help="only the first N expressions")
+    parser.add_argument("--alternatives", type=int, default=1, metavar="K",
+                        help="also report how often the truth is among the first K readings (the app offers 5)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json", dest="json_out", help="write the report as JSON here")
     args = parser.parse_args(argv)
+    if args.alternatives < 1 or (args.alternatives > 1 and args.beam <= 0):
+        parser.error("--alternatives needs --beam 1 or more, and must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,11 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start = time.monotonic()
     result = evaluate_examples(model, vocab, examples, args.beam, args.device,
-                               unreadable=report.unreadable + [(n, "no label") for n in report.no_label])  # fmt: skip
+                               unreadable=report.unreadable + [(n, "no label") for n in report.no_label],
+                               alternatives=args.alternatives)  # fmt: skip
     result = {"split": args.split, "checkpoint": str(path), "beam": args.beam,
               "seconds": round(time.monotonic() - start, 2), **result}  # fmt: skip
     print(f"{args.split}: n={result['n']}  ExpRate {result['exprate']:.2f}%  <=1 {result['le1']:.2f}%  "
           f"<=2 {result['le2']:.2f}%  <=3 {result['le3']:.2f}%  ({result['seconds']:.0f} s, beam {args.beam})")  # fmt: skip
+    if "in_alternatives" in result:
+        print(f"  the truth among the first {args.alternatives} readings: {result['in_alternatives']:.2f}%")
     for name, row in result["by_length"].items():
         print(f"  length {name:>6}: n={row['n']:4d}  ExpRate {row['exprate']:6.2f}%")
     shown = result["failures"][:20]
