@@ -1,7 +1,8 @@
 """The ARM computes the paper's composition: conv 5x5, ReLU, CBAM, zeroed padding,
 1x1 projection, masked BatchNorm, in that order. The module reorders the last steps
-for speed; this pins it to the literal order, in training (BatchNorm statistics and
-gradients) and in evaluation."""
+for speed, and in evaluation refines large batches of maps in groups; this pins it
+to the literal order on one batch, in training (BatchNorm statistics and gradients)
+and in evaluation."""
 
 from __future__ import annotations
 
@@ -38,13 +39,16 @@ def _arm() -> AttentionRefinementModule:
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_arm_equals_the_literal_composition(training: bool, padded: bool, channels_last: bool):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_arm_equals_the_literal_composition(training: bool, padded: bool, channels_last: bool, grouped: bool):
     arm = _arm()
     reference = copy.deepcopy(arm)
     arm.train(training)
     reference.train(training)
     channels = arm.conv.in_channels
     coverage = torch.rand(6, channels, 5, 9) * 3
+    if grouped:  # evaluation refines 2 maps at a time, 3 groups; training must still see one batch (BN statistics)
+        arm.eval_group_elements = 2 * coverage[0].numel() + 1
     mask = None
     if padded:
         mask = torch.zeros(6, 1, 5, 9, dtype=torch.bool)
