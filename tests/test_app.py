@@ -197,6 +197,16 @@ def test_choosing_an_alternative_makes_it_the_result(qtbot, make_window):
         pytest.skip("the model returned a single hypothesis")
     window.results.alternative_chosen.emit(1)
     assert window.results.latex.text() == alts[1].latex
+    window.act_alternatives[0].trigger()  # Alt+1: back to the first reading
+    assert window.results.latex.text() == alts[0].latex
+    assert window.act_alternatives[1].shortcut().toString() == "Alt+2"
+    if len(alts) < 9:
+        window.act_alternatives[len(alts)].trigger()  # beyond the list: nothing changes
+        assert window.results.latex.text() == alts[0].latex
+    row = window.results.alternatives.item(1)
+    assert row.text().startswith("2.  ") and alts[1].latex in row.text()
+    window.results.alternatives.itemActivated.emit(row)  # Enter on a row
+    assert window.results.latex.text() == alts[1].latex
 
 
 def _smoke(*args: str, env_dir: Path) -> subprocess.CompletedProcess:

@@ -37,8 +37,9 @@ class ResultsPanel(QWidget):
         self.copy_mathml.clicked.connect(self._copy_mathml)
         self.copy_image.clicked.connect(self._copy_image)
         self.alternatives = QListWidget()
-        self.alternatives.setToolTip("The n best readings; click one to use it")
+        self.alternatives.setToolTip("The n best readings; click one, press Enter on it, or Alt+1 to Alt+9 to use it")
         self.alternatives.itemClicked.connect(lambda item: self.alternative_chosen.emit(self.alternatives.row(item)))
+        self.alternatives.itemActivated.connect(lambda item: self.alternative_chosen.emit(self.alternatives.row(item)))
         self.math = QLabel("")
         self.math.setWordWrap(True)
         self.math.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -66,8 +67,8 @@ class ResultsPanel(QWidget):
         if prediction is None:
             self.set_latex("")
             return
-        for alt in prediction.alternatives:
-            QListWidgetItem(f"{alt.latex}    ({alt.probability:.0%})", self.alternatives)
+        for number, alt in enumerate(prediction.alternatives, 1):  # the number is its Alt+ shortcut
+            QListWidgetItem(f"{number}.  {alt.latex}    ({alt.probability:.0%})", self.alternatives)
         if self.alternatives.count():
             self.alternatives.setCurrentRow(0)
         self.set_latex(prediction.latex)
