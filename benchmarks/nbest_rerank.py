@@ -37,7 +37,7 @@ from model.hmer import HMER, direction_targets  # noqa: E402
 from model.paths import BUNDLED_CHECKPOINT, asset_path  # noqa: E402
 from model.recognizer import length_limit  # noqa: E402
 from model.vocab import Vocabulary  # noqa: E402
-from train.data import load_split  # noqa: E402
+from train.data import Example, load_split  # noqa: E402
 from train.evaluate import image_tensors  # noqa: E402
 
 TOP_K = (1, 2, 3, 5, 10)
@@ -46,10 +46,15 @@ AUX_WEIGHTS = (0.25, 0.5, 1.0)
 
 
 @torch.inference_mode()
-def direction_logprobs(model: HMER, vocab: Vocabulary, example, seqs: list[tuple[int, ...]]) -> dict[str, list[float]]:
+def encode(model: HMER, example: Example) -> tuple[torch.Tensor, torch.Tensor]:
+    return model.encode(*image_tensors(example, model, torch.device("cpu")))
+
+
+@torch.inference_mode()
+def direction_logprobs(
+    model: HMER, vocab: Vocabulary, memory: torch.Tensor, mem_mask: torch.Tensor, seqs: list[tuple[int, ...]]
+) -> dict[str, list[float]]:
     """Teacher-forced log-probability sums of each sequence: main and structure heads, both directions."""
-    imgs, masks = image_tensors(example, model, torch.device("cpu"))
-    memory, mem_mask = model.encode(imgs, masks)
     structure = torch.tensor(vocab.structure_of, dtype=torch.long)
     out: dict[str, list[float]] = {}
     for reverse, name in ((False, "l2r"), (True, "r2l")):
@@ -122,15 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     examples, _ = load_split(args.data, args.split, vocab, limit=args.limit or None)
     records: list[list[dict]] = []
     for ex in tqdm(examples, desc="n-best", mininterval=2, dynamic_ncols=True):
-        imgs, masks = image_tensors(ex, model, torch.device("cpu"))
+        memory, mem_mask = encode(model, ex)
         with torch.inference_mode():
-            memory, mem_mask = model.encode(imgs, masks)
             hyps = beam_search_memory(model, memory, mem_mask, vocab, args.beam, length_limit(len(ex.strokes)))[0]
         seqs = [h.ids for h in hyps]
         if not seqs:
             records.append([])
             continue
-        scores = {name: direction_logprobs(m, vocab, ex, seqs) for name, m in models.items()}
+        scores = {"main": direction_logprobs(model, vocab, memory, mem_mask, seqs)}  # the search's encoding, reused
+        for name, other in models.items():
+            if name != "main":
+                scores[name] = direction_logprobs(other, vocab, *encode(other, ex), seqs)
         records.append([{"ids": list(s), "ok": vocab.decode(s) == list(ex.tokens),
                          **{name: {k: v[i] for k, v in sc.items()} for name, sc in scores.items()}}
                         for i, s in enumerate(seqs)])  # fmt: skip
