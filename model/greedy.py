@@ -15,6 +15,15 @@ def greedy_search(
 ) -> list[tuple[list[int], float]]:
     """Most probable next token at each step, per image: (ids without <sos>/<eos>, sum log-prob)."""
     memory, mem_mask = model.encode(imgs, masks)
+    return greedy_search_memory(model, memory, mem_mask, vocab, max_len)
+
+
+@torch.no_grad()
+def greedy_search_memory(
+    model: HMER, memory: Tensor, mem_mask: Tensor, vocab: Vocabulary, max_len: int = 200
+) -> list[tuple[list[int], float]]:
+    """`greedy_search` on images already encoded (memory [B, h, w, d], mask [B, h, w]), for a
+    caller that needs the encoding for something else too (the app's attention maps)."""
     b = memory.shape[0]
     state = model.decoder.start(memory, mem_mask, torch.arange(b, device=memory.device))
     last = torch.full((b,), vocab.sos_id, dtype=torch.long, device=memory.device)

@@ -20,7 +20,7 @@ import torch
 
 from model.beam import beam_search_memory
 from model.checkpoint import CheckpointError, load_checkpoint
-from model.greedy import greedy_search
+from model.greedy import greedy_search_memory
 from model.hmer import HMER, direction_targets
 from model.image_input import image_to_input
 from model.paths import BUNDLED_CHECKPOINT, asset_path
@@ -137,7 +137,7 @@ class Recognizer:
                                           early_stopping=self.early_stopping, nbest=self.nbest)[0]  # fmt: skip
                 nbest = [(list(h.ids), h.score) for h in hyps]
             else:
-                ids, logp = greedy_search(self.model, imgs, masks, self.vocab, max_len)[0]
+                ids, logp = greedy_search_memory(self.model, memory, mem_mask, self.vocab, max_len)[0]
                 nbest = [(ids, logp / (len(ids) + 1))]
             timings["search"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()

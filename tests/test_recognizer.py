@@ -46,6 +46,23 @@ def test_greedy_and_beam_agree_on_learned_ink(recognizer):
     assert recognizer.recognize(strokes, beam_size=1).latex == recognizer.recognize(strokes, beam_size=10).latex
 
 
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_each_recognition_encodes_the_image_once(recognizer, monkeypatch, beam_size):
+    # The encoder is a sixth of the greedy preview's time: the search and the attention
+    # maps share one encoding.
+    calls = []
+    encode = recognizer.model.encode
+
+    def counting_encode(*args):
+        calls.append(1)
+        return encode(*args)
+
+    monkeypatch.setattr(recognizer.model, "encode", counting_encode)
+    latex = SYNTHETIC_EXPRESSIONS[1]
+    assert recognizer.recognize(ink_for(latex), beam_size=beam_size).latex == latex
+    assert len(calls) == 1
+
+
 def test_recognition_leaves_the_thread_setting_as_it_found_it(recognizer, monkeypatch):
     # The encoder runs on one thread; everything else in the process (the beam search,
     # a fine-tune) must keep the threads it had, also when encoding fails.
