@@ -46,10 +46,13 @@ def test_greedy_and_beam_agree_on_learned_ink(recognizer):
     assert recognizer.recognize(strokes, beam_size=1).latex == recognizer.recognize(strokes, beam_size=10).latex
 
 
-@pytest.mark.parametrize("beam_size", [1, 4])
-def test_each_recognition_encodes_the_image_once(recognizer, monkeypatch, beam_size):
-    # The encoder is a sixth of the greedy preview's time: the search and the attention
-    # maps share one encoding.
+def test_the_image_is_encoded_once_per_ink_and_weights(tiny_checkpoint, monkeypatch):
+    # The app reads each ink twice: a greedy preview after the stroke, the beam search when
+    # the pen rests. Both, and the attention maps, share one encoding; new ink or changed
+    # weights (a fine-tune in place) are encoded afresh.
+    import torch
+
+    recognizer = Recognizer.load(tiny_checkpoint, device="cpu")
     calls = []
     encode = recognizer.model.encode
 
@@ -58,9 +61,17 @@ def test_each_recognition_encodes_the_image_once(recognizer, monkeypatch, beam_s
         return encode(*args)
 
     monkeypatch.setattr(recognizer.model, "encode", counting_encode)
-    latex = SYNTHETIC_EXPRESSIONS[1]
-    assert recognizer.recognize(ink_for(latex), beam_size=beam_size).latex == latex
+    first, second = SYNTHETIC_EXPRESSIONS[1], SYNTHETIC_EXPRESSIONS[2]
+    assert recognizer.recognize(ink_for(first), beam_size=1).latex == first
     assert len(calls) == 1
+    assert recognizer.recognize(ink_for(first), beam_size=4).latex == first
+    assert len(calls) == 1
+    assert recognizer.recognize(ink_for(second), beam_size=4).latex == second
+    assert len(calls) == 2
+    with torch.no_grad():
+        recognizer.model.encoder.feature_proj.weight.mul_(0.0)  # the reading must change with it
+    assert recognizer.recognize(ink_for(second), beam_size=4).latex != second
+    assert len(calls) == 3
 
 
 def test_recognition_leaves_the_thread_setting_as_it_found_it(recognizer, monkeypatch):
@@ -79,8 +90,8 @@ def test_recognition_leaves_the_thread_setting_as_it_found_it(recognizer, monkey
             raise RuntimeError("out of memory")
 
         monkeypatch.setattr(recognizer.model, "encode", out_of_memory)
-        with pytest.raises(RuntimeError, match="out of memory"):
-            recognizer.recognize(ink_for(SYNTHETIC_EXPRESSIONS[0]), beam_size=3)
+        with pytest.raises(RuntimeError, match="out of memory"):  # new ink: no cached encoding
+            recognizer.recognize(ink_for(SYNTHETIC_EXPRESSIONS[1]), beam_size=3)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
