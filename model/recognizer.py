@@ -138,6 +138,11 @@ class Recognizer:
         self._last_encoding = (key, encoding)
         return encoding
 
+    def forget_encoding(self) -> None:
+        """Drop the kept encoding, so that the next recognition pays for its own (benchmarks)."""
+        with self._lock:
+            self._last_encoding = None
+
     @torch.inference_mode()
     def _decode(
         self, image: np.ndarray, ink_to_image: np.ndarray | None, beam_size: int, timings: dict[str, float],
