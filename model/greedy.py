@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -20,10 +22,13 @@ def greedy_search(
 
 @torch.no_grad()
 def greedy_search_memory(
-    model: HMER, memory: Tensor, mem_mask: Tensor, vocab: Vocabulary, max_len: int = 200
-) -> list[tuple[list[int], float]]:
-    """`greedy_search` on images already encoded (memory [B, h, w, d], mask [B, h, w]), for a
-    caller that needs the encoding for something else too (the app's attention maps)."""
+    model: HMER, memory: Tensor, mem_mask: Tensor, vocab: Vocabulary, max_len: int = 200,
+    on_step: Callable[[Tensor, Tensor, Tensor], None] | None = None,
+) -> list[tuple[list[int], float]]:  # fmt: skip
+    """`greedy_search` on images already encoded (memory [B, h, w, d], mask [B, h, w]).
+    `on_step(logits, aux_logits, attention)` sees each step's outputs ([B, V], [B, V] and the
+    last layer's refined attention [B, H, L]): what a teacher-forced pass over the reading
+    would compute, without running it."""
     b = memory.shape[0]
     state = model.decoder.start(memory, mem_mask, torch.arange(b, device=memory.device))
     last = torch.full((b,), vocab.sos_id, dtype=torch.long, device=memory.device)
@@ -31,19 +36,23 @@ def greedy_search_memory(
     logp = torch.zeros(b, device=memory.device)
     finished = torch.zeros(b, dtype=torch.bool, device=memory.device)
     for _ in range(max_len):
-        logits, _, _ = model.decoder.step(state, last, need_aux=False)
+        logits, aux, attn = model.decoder.step(state, last, need_aux=on_step is not None)
+        if on_step is not None:
+            on_step(logits, aux, attn)
         step_logp, last = torch.log_softmax(logits.float(), dim=-1).max(dim=-1)
         logp = logp + torch.where(finished, 0.0, step_logp)
         last = torch.where(finished, vocab.pad_id, last)
         out = torch.cat((out, last[:, None]), dim=1)
-        finished |= last == vocab.eos_id
+        # any special token ends a reading, as in the beam search (and the reference's): a
+        # weak model can rank <sos> first, which must not reach the LaTeX
+        finished |= (last == vocab.eos_id) | (last == vocab.sos_id) | (last == vocab.pad_id)
         if bool(finished.all()):
             break
     results = []
     for row, score in zip(out.tolist(), logp.tolist()):
         ids = []
         for t in row:
-            if t in (vocab.eos_id, vocab.pad_id):
+            if t in (vocab.eos_id, vocab.sos_id, vocab.pad_id):
                 break
             ids.append(t)
         results.append((ids, score))

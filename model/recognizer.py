@@ -157,18 +157,25 @@ class Recognizer:
             memory, mem_mask = self._encode(image, imgs, masks)
             timings["encode"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
+            steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
             if beam_size > 1:
                 hyps = beam_search_memory(self.model, memory, mem_mask, self.vocab, beam_size, max_len,
                                           early_stopping=self.early_stopping, nbest=self.nbest)[0]  # fmt: skip
                 nbest = [(list(h.ids), h.score) for h in hyps]
             else:
-                ids, logp = greedy_search_memory(self.model, memory, mem_mask, self.vocab, max_len)[0]
+                ids, logp = greedy_search_memory(self.model, memory, mem_mask, self.vocab, max_len,
+                                                 on_step=lambda *outputs: steps.append(outputs))[0]  # fmt: skip
                 nbest = [(ids, logp / (len(ids) + 1))]
             timings["search"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
             best_ids = nbest[0][0]
-            tgt, _ = direction_targets([best_ids], self.vocab, reverse=False)
-            main, aux, attn = self.model.decoder(memory, mem_mask, tgt.to(self.device), need_attention=True)
+            if steps:  # greedy: the search's own steps explain its reading
+                main = torch.stack([m for m, _, _ in steps], dim=1)  # [1, T, V]
+                aux = torch.stack([a for _, a, _ in steps], dim=1)  # [1, T, V]
+                attn = torch.stack([w for _, _, w in steps], dim=2)  # [1, H, T, L]
+            else:
+                tgt, _ = direction_targets([best_ids], self.vocab, reverse=False)
+                main, aux, attn = self.model.decoder(memory, mem_mask, tgt.to(self.device), need_attention=True)
             timings["explain"] = (time.perf_counter() - t) * 1000
         n = len(best_ids)
         probs = torch.softmax(main[0].float(), dim=-1)  # [n+1, V]

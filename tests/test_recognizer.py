@@ -74,6 +74,28 @@ def test_the_image_is_encoded_once_per_ink_and_weights(tiny_checkpoint, monkeypa
     assert len(calls) == 3
 
 
+@pytest.mark.parametrize("latex", SYNTHETIC_EXPRESSIONS[:3])
+def test_the_greedy_reading_is_explained_as_a_teacher_forced_pass_would(recognizer, latex):
+    # The preview takes its attention maps, token probabilities and structure from the
+    # search's own steps; they must be those of the model reading its answer again.
+    import torch
+
+    from model.hmer import direction_targets
+
+    pred = recognizer.recognize(ink_for(latex), beam_size=1)
+    ids = recognizer.vocab.encode(pred.tokens)
+    with torch.inference_mode():
+        imgs = torch.from_numpy(pred.image)[None, None]
+        memory, mask = recognizer.model.encode(imgs, torch.zeros(imgs.shape[0], *pred.image.shape, dtype=torch.bool))
+        tgt, _ = direction_targets([ids], recognizer.vocab, reverse=False)
+        main, aux, attn = recognizer.model.decoder(memory, mask, tgt, need_attention=True)
+    n, (h, w) = len(ids), memory.shape[1:3]
+    np.testing.assert_allclose(pred.attention, attn[0, :, :n].mean(dim=0).reshape(n, h, w).numpy(), atol=1e-5)
+    probs = torch.softmax(main[0], dim=-1)[torch.arange(n), torch.tensor(ids)].numpy()
+    np.testing.assert_allclose(pred.token_probs, probs, atol=1e-5)
+    assert pred.structure == recognizer.vocab.decode(aux[0, :n].argmax(dim=-1).tolist())
+
+
 def test_recognition_leaves_the_thread_setting_as_it_found_it(recognizer, monkeypatch):
     # The encoder runs on one thread; everything else in the process (the beam search,
     # a fine-tune) must keep the threads it had, also when encoding fails.
@@ -185,6 +207,39 @@ def test_beam_search_never_returns_special_tokens_and_stops_early(recognizer):
         assert not specials & set(alt.tokens), alt.latex
     assert all(len(a.tokens) < recognizer.max_len for a in pred.alternatives)
     assert elapsed < 30  # a hang guard, not a speed target
+
+
+def test_a_greedy_reading_ends_at_any_special_token(recognizer):
+    # The tiny model's greedy reading of this ink ranks <sos> first after a few symbols; the
+    # preview must stop there, as the beam search does, not show "<sos>" in the LaTeX.
+    pred = recognizer.recognize(ink_for("1 + 2"), beam_size=1)
+    assert pred.tokens and not {"<pad>", "<sos>", "<eos>", "<space>"} & set(pred.tokens), pred.latex
+    assert len(pred.attention) == len(pred.tokens) == len(pred.token_probs)
+
+
+@pytest.mark.parametrize("stop", ["<sos>", "<pad>", "<eos>"])
+def test_greedy_search_stops_at_the_first_special_token(stop):
+    # A scripted decoder ranks `stop` first at the third step: the reading is the two
+    # symbols before it, whatever the decoder would say afterwards.
+    import types
+
+    import torch
+
+    from model.greedy import greedy_search_memory
+    from model.vocab import Vocabulary
+
+    vocab = Vocabulary.default()
+    script = vocab.encode(["x", "y"]) + [vocab.tokens.index(stop)] + vocab.encode(["z", "2"]) + [vocab.eos_id]
+    steps = iter(script)
+
+    def step(state, last, need_aux):
+        logits = torch.zeros(1, len(vocab))
+        logits[0, next(steps)] = 5.0
+        return logits, None, torch.ones(1, 1, 1)
+
+    model = types.SimpleNamespace(decoder=types.SimpleNamespace(start=lambda *args: None, step=step))
+    ids, _ = greedy_search_memory(model, torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, dtype=torch.bool), vocab)[0]
+    assert vocab.decode(ids) == ["x", "y"]
 
 
 def test_without_a_bundled_model_the_error_says_what_to_do(tmp_path, monkeypatch):
