@@ -23,9 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="with --smoke-test: seconds to wait")
     args = parser.parse_args(argv)
 
-    from PySide6.QtWidgets import QApplication
+    from PySide6.QtWidgets import QApplication, QMessageBox
 
     from hmer_desktop.main_window import MainWindow
+    from hmer_desktop.qt_binding import binding_problem
     from hmer_desktop.service import RecognitionService
     from hmer_desktop.settings import SettingsStore, data_dir
     from train.samples import SampleStore
@@ -35,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     from model.paths import asset_path
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    problem = binding_problem()
+    if problem:  # a clear refusal now beats an abort later that loses the ink
+        print(f"hmer-desktop: {problem}", file=sys.stderr)
+        if not args.smoke_test:
+            QMessageBox.critical(None, "hmer cannot start", problem)
+        return 2
     app.setApplicationName("hmer")
     app.setDesktopFileName("io.github.hmer")
     app.setWindowIcon(QIcon(str(asset_path("hmer.svg"))))

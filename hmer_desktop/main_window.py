@@ -6,7 +6,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QScrollArea, QSpinBox, QSplitter,
                                QToolBar, QVBoxLayout, QWidget)  # fmt: skip
@@ -234,6 +234,7 @@ class MainWindow(QMainWindow):
         self.status_state.setText("recognizing…")
         self.bridge.watch(future)
 
+    @Slot(object, object)  # a declared slot: PySide6 >= 6.8 can crash on cross-thread calls to plain methods
     def _on_done(self, result: Result | None, error: BaseException | None) -> None:
         self.pending = max(0, self.pending - 1)
         if self.pending == 0:

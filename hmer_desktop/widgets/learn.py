@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QObject, QSize, Qt, Signal
+from PySide6.QtCore import QObject, QSize, Qt, Signal, Slot
 from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QLabel,
                                QLineEdit, QListWidget, QListWidgetItem, QMessageBox, QProgressBar, QPushButton,
@@ -239,6 +239,7 @@ class FinetuneDialog(QDialog):
             self.job.cancel()
             self.status.setText("cancelling… (nothing will be written)")
 
+    @Slot(object)  # called from the fine-tune thread: a declared slot (see MainWindow._on_done)
     def _on_progress(self, p: Progress) -> None:
         self.bar.setMaximum(p.total)
         self.bar.setValue(p.step)
@@ -248,6 +249,7 @@ class FinetuneDialog(QDialog):
         extra = f", held-out {p.holdout_exprate:.0f}%" if p.holdout_exprate is not None else ""
         self.status.setText(f"step {p.step}/{p.total}, loss {p.loss:.3f}{extra}, about {p.eta_s:.0f} s left")
 
+    @Slot(object, object)
     def _on_finished(self, result, error) -> None:
         self.start_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
