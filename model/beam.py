@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.hmer import HMER, direction_targets
+from model.syntax import SyntaxRules
 from model.vocab import Vocabulary
 
 
@@ -70,13 +71,14 @@ def _search(
     early_stopping: bool,
     decoder: Any = None,
     group_type: type[_BeamGroup] = _BeamGroup,
+    well_formed: bool = True,
 ) -> list[_BeamGroup]:
     """Beam search of both directions for all images: groups 0..B-1 are l2r,
     groups B..2B-1 r2l. The batch holds beam_size rows per unfinished group;
     a group leaves it as soon as it is done (the reference kept decoding it).
     `decoder` (default: the model's) provides start()/step(); benchmarks pass
     a full-prefix re-decoder here to compare against, and a `group_type` that
-    records what each group saw."""
+    records what each group saw. well_formed: only readings that obey `SyntaxRules`."""
     decoder = decoder if decoder is not None else model.decoder
     b = memory.shape[0]
     groups = [group_type(beam_size, alpha, early_stopping) for _ in range(2 * b)]
@@ -88,19 +90,26 @@ def _search(
     prefixes: list[list[int]] = [[s] for s in starts]  # tokens fed so far, per sequence
     last = torch.tensor(starts, device=device)
     beam_scores = torch.zeros(n_groups, device=device)
+    rules = SyntaxRules(vocab) if well_formed else None
+    syntax = rules.start(torch.arange(n_groups, device=device) >= b) if rules else None
     stop_ids = {vocab.pad_id, vocab.sos_id, vocab.eos_id}
     active = list(range(n_groups))  # groups still searching, in batch order
     cur_len = 1
     while cur_len < max_len and active:
         logits, _, _ = decoder.step(state, last, need_aux=False)
-        scores = F.log_softmax(logits.float(), dim=-1) + beam_scores[:, None]  # [n, V]
+        logp = F.log_softmax(logits.float(), dim=-1)  # [n, V]
+        if rules is not None:
+            logp = rules.mask(syntax, last, logp)
+        scores = logp + beam_scores[:, None]  # [n, V]
         v = scores.shape[-1]
         width = scores.shape[0] // len(active)
         top_scores, top = scores.view(len(active), width * v).topk(2 * beam_size, dim=1)  # [G, 2k]
         top_beam, top_tok = (top // v).tolist(), (top % v).tolist()
         top_scores_list = top_scores.tolist()
         if cur_len == 1:  # every group now holds beam_size sequences
-            state.reorder(torch.arange(len(active), device=device).repeat_interleave(beam_size))
+            spread = torch.arange(len(active), device=device).repeat_interleave(beam_size)
+            state.reorder(spread)
+            syntax = syntax.reorder(spread) if syntax is not None else None
             prefixes = [p for p in prefixes for _ in range(beam_size)]
         new_scores: list[float] = []
         new_tokens: list[int] = []
@@ -137,13 +146,18 @@ def _search(
         active = still_active
         if not active:
             break
-        state.reorder(torch.tensor(new_index, device=device))
+        index = torch.tensor(new_index, device=device)
+        state.reorder(index)
         prefixes = [prefixes[i] + [t] for i, t in zip(new_index, new_tokens)]
         beam_scores = torch.tensor(new_scores, device=device)
         last = torch.tensor(new_tokens, device=device)
+        if rules is not None:
+            syntax = rules.advance(syntax.reorder(index), last)
         cur_len += 1
     final = beam_scores.tolist()
     for j, g in enumerate(active):  # max_len reached: the open beams count as they are
+        if rules is not None and groups[g].beams:
+            continue  # unless finished readings exist: an unfinished one may leave a group open
         for r in range(beam_size):
             if final[j * beam_size + r] > float("-inf"):
                 groups[g].add(list(prefixes[j * beam_size + r]), final[j * beam_size + r])
@@ -174,11 +188,13 @@ def beam_search(
     alpha: float = 1.0,
     early_stopping: bool = False,
     nbest: int | None = None,
+    well_formed: bool = True,
 ) -> list[list[Hypothesis]]:
     """n-best hypotheses per image, best first, each token sequence once (see
-    `beam_search_memory` for `nbest`)."""
+    `beam_search_memory` for `nbest` and `well_formed`)."""
     memory, mem_mask = model.encode(imgs, masks)
-    return beam_search_memory(model, memory, mem_mask, vocab, beam_size, max_len, alpha, early_stopping, nbest=nbest)
+    return beam_search_memory(model, memory, mem_mask, vocab, beam_size, max_len, alpha, early_stopping, nbest=nbest,
+                              well_formed=well_formed)  # fmt: skip
 
 
 @dataclass
@@ -204,9 +220,14 @@ def beam_search_memory(
     early_stopping: bool = False,
     decoder: Any = None,
     nbest: int | None = None,
+    well_formed: bool = True,
 ) -> list[list[Hypothesis]]:
     """Search both directions, then add to each hypothesis the opposite direction's
     score and rank by the sum.
+
+    well_formed (the default) keeps every reading within `SyntaxRules` (balanced
+    braces, a group after each script and root), as every CROHME caption is; False
+    searches freely, as the reference does.
 
     nbest None rescores every hypothesis with a full decoder pass, as the
     reference does. A number returns exactly the `nbest` best (the same ones, with
@@ -216,7 +237,8 @@ def beam_search_memory(
     top, since the other direction's log-probability is at most 0.
     """
     b = memory.shape[0]
-    groups = _search(model, memory, mem_mask, vocab, beam_size, max_len, alpha, early_stopping, decoder)
+    groups = _search(model, memory, mem_mask, vocab, beam_size, max_len, alpha, early_stopping, decoder,
+                     well_formed=well_formed)  # fmt: skip
     found: list[_Found] = []
     for g, group in enumerate(groups):
         image, direction = g % b, ("l2r" if g < b else "r2l")

@@ -45,11 +45,13 @@ def evaluate_examples(
     unreadable: list[tuple[str, str]] | None = None,
     show_progress: bool = True,
     alternatives: int = 1,
+    well_formed: bool = True,
 ) -> dict[str, Any]:
     """Decode each expression alone (as the app does) and score it against its tokens.
 
     With `alternatives` k > 1 (beam search only), the report also gives how often the
-    truth is among the first k readings of the n-best list the app offers."""
+    truth is among the first k readings of the n-best list the app offers. well_formed
+    False decodes without `model.syntax.SyntaxRules`, as the reference does."""
     if alternatives < 1 or (alternatives > 1 and beam <= 0):
         raise ValueError("alternatives needs beam search and must be at least 1")
     device = torch.device(device)
@@ -63,10 +65,12 @@ def evaluate_examples(
         with torch.inference_mode():
             limit = length_limit(len(ex.strokes))  # the same bound the app uses
             if beam > 0:
-                hyps = beam_search(model, imgs, masks, vocab, beam_size=beam, max_len=limit, nbest=alternatives)[0]
+                hyps = beam_search(model, imgs, masks, vocab, beam_size=beam, max_len=limit, nbest=alternatives,
+                                   well_formed=well_formed)[0]  # fmt: skip
                 readings = [vocab.decode(h.ids) for h in hyps]
             else:
-                readings = [vocab.decode(greedy_search(model, imgs, masks, vocab, max_len=limit)[0][0])]
+                readings = [vocab.decode(greedy_search(model, imgs, masks, vocab, max_len=limit,
+                                                           well_formed=well_formed)[0][0])]  # fmt: skip
         pred = readings[0]
         in_alternatives += list(ex.tokens) in readings
         dist = counter.add(pred, ex.tokens)
@@ -98,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="only the first N expressions")
     parser.add_argument("--alternatives", type=int, default=1, metavar="K",
                         help="also report how often the truth is among the first K readings (the app offers 5)")
+    parser.add_argument("--free-syntax", action="store_true",
+                        help="decode without the syntax rules (balanced braces, a group after ^ _ \\sqrt), "
+                             "as the reference does")  # fmt: skip
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json", dest="json_out", help="write the report as JSON here")
@@ -121,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     result = evaluate_examples(model, vocab, examples, args.beam, args.device,
                                unreadable=report.unreadable + [(n, "no label") for n in report.no_label],
-                               alternatives=args.alternatives)  # fmt: skip
-    result = {"split": args.split, "checkpoint": str(path), "beam": args.beam,
+                               alternatives=args.alternatives, well_formed=not args.free_syntax)  # fmt: skip
+    result = {"split": args.split, "checkpoint": str(path), "beam": args.beam, "syntax_rules": not args.free_syntax,
               "seconds": round(time.monotonic() - start, 2), **result}  # fmt: skip
     print(f"{args.split}: n={result['n']}  ExpRate {result['exprate']:.2f}%  <=1 {result['le1']:.2f}%  "
           f"<=2 {result['le2']:.2f}%  <=3 {result['le3']:.2f}%  ({result['seconds']:.0f} s, beam {args.beam})")  # fmt: skip

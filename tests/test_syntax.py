@@ -1,0 +1,114 @@
+"""Decoding keeps readings well formed: balanced braces, a group after each script and root."""
+
+from __future__ import annotations
+
+import functools
+import types
+
+import pytest
+import torch
+
+from model.beam import beam_search_memory
+from model.greedy import greedy_search_memory
+from model.syntax import SyntaxRules, broken_rule
+from model.vocab import Vocabulary
+
+VOCAB = Vocabulary.default()
+
+
+def _scripted_model(script: list[list[str]]):
+    """A decoder whose step i ranks script[i] in that order (the first highest), everything else far below."""
+    steps = iter(script)
+
+    def step(state, last, need_aux):
+        ranking = next(steps)
+        logits = torch.full((last.shape[0], len(VOCAB)), -20.0)
+        for rank, token in enumerate(ranking):
+            logits[:, VOCAB.tokens.index(token)] = 10.0 - rank
+        return logits, None, torch.ones(last.shape[0], 1, 1)
+
+    return types.SimpleNamespace(decoder=types.SimpleNamespace(start=lambda *args: None, step=step))
+
+
+def _greedy(script, well_formed=True):
+    model = _scripted_model(script)
+    memory, mask = torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, dtype=torch.bool)
+    ids, _ = greedy_search_memory(model, memory, mask, VOCAB, max_len=len(script), well_formed=well_formed)[0]
+    return VOCAB.decode(ids)
+
+
+def test_broken_rule_names_what_is_wrong():
+    assert broken_rule("x ^ { 2 } + \\sqrt [ 3 ] { y }".split()) is None
+    assert "never opened" in broken_rule("x } ^ { 2".split())
+    assert "left open" in broken_rule("\\frac { 1 } { 2".split())
+    assert "^ at token 2" in broken_rule("x ^ 2".split())
+    assert "\\sqrt" in broken_rule("\\sqrt x".split())
+
+
+def test_greedy_takes_the_best_token_that_keeps_the_reading_well_formed():
+    # The decoder would close a group it never opened, write a bare exponent, and stop
+    # with a group open; each time the rules take its next choice.
+    script = [["x"], ["}", "^"], ["2", "{"], ["2"], ["<eos>", "}"], ["<eos>"]]
+    assert _greedy(script, well_formed=False) == ["x", "}", "2", "2"]
+    assert _greedy(script) == ["x", "^", "{", "2", "}"]
+
+
+def test_a_root_takes_a_group_or_an_index():
+    assert _greedy([["\\sqrt"], ["x", "[", "{"], ["3"], ["]"], ["{"], ["y"], ["}"], ["<eos>"]]) == \
+        "\\sqrt [ 3 ] { y }".split()
+
+
+def test_right_to_left_rows_obey_the_mirrored_rules():
+    rules = SyntaxRules(VOCAB)
+    ids = {t: VOCAB.tokens.index(t) for t in ["{", "}", "^", "_", "\\sqrt", "x", "[", "<sos>"]}
+    # row 0 has just read `x`, row 1 `{`; both right to left with one group open (`}` was read)
+    state = rules.start(torch.tensor([True, True]))
+    state = rules.advance(state, torch.tensor([ids["}"], ids["}"]]))
+    last = torch.tensor([ids["x"], ids["{"]])
+    masked = rules.mask(state, last, torch.zeros(2, len(VOCAB)))
+    allowed = masked > float("-inf")
+    assert not allowed[0, ids["^"]] and allowed[1, ids["^"]]  # a script only right before its group
+    assert not allowed[0, ids["\\sqrt"]] and allowed[1, ids["\\sqrt"]]
+    assert allowed[0, ids["{"]] and not allowed[0, ids["<sos>"]]  # the open group must close first
+    fresh = rules.start(torch.tensor([True]))
+    assert rules.mask(fresh, last[:1], torch.zeros(1, len(VOCAB)))[0, ids["{"]] == float("-inf")
+
+
+def test_every_beam_reading_is_well_formed_in_both_directions():
+    # The same preferences at every step, for every row of both directions: a script, then
+    # closing a group, stopping, opening a group; freely, every reading breaks a rule.
+    preference = ["^", "}", "<eos>", "{", "x", "<sos>"]
+    logits = torch.full((len(VOCAB),), -20.0)
+    for rank, token in enumerate(preference):
+        logits[VOCAB.tokens.index(token)] = 10.0 - rank
+
+    class Decoder:  # incremental steps for the search, teacher forcing for the rescoring
+        def start(self, *args):
+            return types.SimpleNamespace(reorder=lambda index: None)
+
+        def step(self, state, last, need_aux):
+            return logits.expand(len(last), -1), None, None
+
+        def __call__(self, memory, mem_mask, tgt, image_index):
+            return logits.expand(*tgt.shape, -1), None, None
+
+    model = types.SimpleNamespace(decoder=Decoder())
+    memory, mask = torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, dtype=torch.bool)
+    search = functools.partial(beam_search_memory, model, memory, mask, VOCAB, beam_size=4, max_len=12)
+    free = [VOCAB.decode(h.ids) for h in search(well_formed=False)[0]]
+    assert free and all(broken_rule(r) for r in free), free
+    ruled = search()[0]
+    assert {h.direction for h in ruled} == {"l2r", "r2l"}
+    assert all(broken_rule(VOCAB.decode(h.ids)) is None for h in ruled), [" ".join(VOCAB.decode(h.ids)) for h in ruled]
+
+
+@pytest.mark.crohme
+def test_every_crohme_caption_keeps_the_rules(crohme_dir):
+    from train.data import read_captions
+
+    found = 0
+    for split in ("train", "2014", "2016"):
+        for name, tokens in read_captions(crohme_dir / "captions" / f"{split}.txt").items():
+            assert broken_rule(tokens) is None, (split, name, " ".join(tokens))
+            found += 1
+    assert found == 8835 + 986 + 1147
