@@ -58,7 +58,7 @@ class SyntaxRules:
             return torch.tensor([vocab.encode([t])[0] for t in tokens if t in vocab], dtype=torch.long)
 
         self.enabled = "{" in vocab and "}" in vocab
-        if not self.enabled:  # a vocabulary without groups (some tests'): nothing to keep balanced
+        if not self.enabled:  # a vocabulary without groups: nothing to keep balanced
             return
         self.open, self.close = (int(i) for i in ids("{", "}"))
         self.stops = torch.tensor([vocab.pad_id, vocab.sos_id, vocab.eos_id])
