@@ -88,7 +88,8 @@ def baseline_recognize(rec: Recognizer, strokes, beam: int, max_len: int, refere
             limit, decoder = max_len, FullPrefixDecoder(rec.model, rows=2 * beam)
         else:
             limit, decoder = length_limit(len(strokes), max_len), FullPrefixDecoder(rec.model)
-        hyps = beam_search_memory(rec.model, memory, mask, rec.vocab, beam, limit, decoder=decoder)
+        hyps = beam_search_memory(rec.model, memory, mask, rec.vocab, beam, limit, decoder=decoder,
+                                  well_formed=rec.well_formed)  # fmt: skip
     return list(hyps[0][0].ids)
 
 
@@ -104,6 +105,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--early-stopping", action="store_true", help="stop a direction once it has beam-size hypotheses")
+    parser.add_argument("--free-syntax", action="store_true", help="decode without the syntax rules (model/syntax.py)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.threads:
@@ -117,6 +119,7 @@ def main() -> int:
         name = str(rec.path)
     rec.max_len = args.max_len
     rec.early_stopping = args.early_stopping
+    rec.well_formed = not args.free_syntax
     examples, _ = load_split(args.data, args.split, rec.vocab, limit=args.limit)
     rec.recognize(examples[0].strokes, args.beam)  # warm-up
     ours, base, same, no_cache, same_no_cache = [], [], 0, [], 0
@@ -141,6 +144,7 @@ def main() -> int:
     print(file=sys.stderr)
     report = {
         "checkpoint": name, "split": args.split, "n": len(examples), "beam": args.beam, "threads": torch.get_num_threads(),
+        "syntax_rules": rec.well_formed,
         "p50_ms": float(np.percentile(ours, 50)), "p95_ms": float(np.percentile(ours, 95)),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "stage_p50_ms": {stage: float(np.percentile(v, 50)) for stage, v in stages.items()},

@@ -79,6 +79,7 @@ class Recognizer:
         self.max_len = 200
         self.early_stopping = False  # True: a direction stops once it holds beam_size finished hypotheses
         self.nbest = 5  # alternatives offered; only hypotheses that can be among them are rescored
+        self.well_formed = True  # readings keep model.syntax.SyntaxRules (False: as the reference decodes)
         # One image's DenseNet is a chain of small convolutions; on CPU, splitting each over
         # threads costs more than it gains (measured on 2 cores: encode p50 23 -> 14 ms with 1
         # thread), while the beam search's batched steps still gain from all threads.
@@ -160,11 +161,13 @@ class Recognizer:
             steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
             if beam_size > 1:
                 hyps = beam_search_memory(self.model, memory, mem_mask, self.vocab, beam_size, max_len,
-                                          early_stopping=self.early_stopping, nbest=self.nbest)[0]  # fmt: skip
+                                          early_stopping=self.early_stopping, nbest=self.nbest,
+                                          well_formed=self.well_formed)[0]  # fmt: skip
                 nbest = [(list(h.ids), h.score) for h in hyps]
             else:
                 ids, logp = greedy_search_memory(self.model, memory, mem_mask, self.vocab, max_len,
-                                                 on_step=lambda *outputs: steps.append(outputs))[0]  # fmt: skip
+                                                 on_step=lambda *outputs: steps.append(outputs),
+                                                 well_formed=self.well_formed)[0]  # fmt: skip
                 nbest = [(ids, logp / (len(ids) + 1))]
             timings["search"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
