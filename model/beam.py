@@ -90,7 +90,7 @@ def _search(
     prefixes: list[list[int]] = [[s] for s in starts]  # tokens fed so far, per sequence
     last = torch.tensor(starts, device=device)
     beam_scores = torch.zeros(n_groups, device=device)
-    rules = SyntaxRules(vocab) if well_formed else None
+    rules = SyntaxRules(vocab, device) if well_formed else None
     syntax = rules.start(torch.arange(n_groups, device=device) >= b) if rules else None
     stop_ids = {vocab.pad_id, vocab.sos_id, vocab.eos_id}
     active = list(range(n_groups))  # groups still searching, in batch order

@@ -37,7 +37,7 @@ def greedy_search_memory(
     out = torch.zeros(b, 0, dtype=torch.long, device=memory.device)
     logp = torch.zeros(b, device=memory.device)
     finished = torch.zeros(b, dtype=torch.bool, device=memory.device)
-    rules = SyntaxRules(vocab) if well_formed else None
+    rules = SyntaxRules(vocab, memory.device) if well_formed else None
     syntax = rules.start(torch.zeros(b, dtype=torch.bool, device=memory.device)) if rules else None
     for _ in range(max_len):
         logits, aux, attn = model.decoder.step(state, last, need_aux=on_step is not None)

@@ -53,21 +53,21 @@ class SyntaxState:
 class SyntaxRules:
     """Masks next-token log-probabilities so that finished readings are well formed."""
 
-    def __init__(self, vocab: Vocabulary) -> None:
+    def __init__(self, vocab: Vocabulary, device: torch.device | str = "cpu") -> None:
         def ids(*tokens: str) -> Tensor:
-            return torch.tensor([vocab.encode([t])[0] for t in tokens if t in vocab], dtype=torch.long)
+            return torch.tensor([vocab.encode([t])[0] for t in tokens if t in vocab], dtype=torch.long, device=device)
 
         self.enabled = "{" in vocab and "}" in vocab
         if not self.enabled:  # a vocabulary without groups: nothing to keep balanced
             return
         self.open, self.close = (int(i) for i in ids("{", "}"))
-        self.stops = torch.tensor([vocab.pad_id, vocab.sos_id, vocab.eos_id])
+        self.stops = torch.tensor([vocab.pad_id, vocab.sos_id, vocab.eos_id], device=device)
         v = len(vocab)
         # (tokens, what must come right after them left to right, as a [V] "forbidden" row)
         self.followers: list[tuple[Tensor, Tensor]] = []
         for tokens, allowed in ((ids("^", "_"), ids("{")), (ids("\\sqrt"), ids("{", "["))):
             if len(tokens):
-                forbidden = torch.ones(v, dtype=torch.bool)
+                forbidden = torch.ones(v, dtype=torch.bool, device=device)
                 forbidden[allowed] = False
                 self.followers.append((tokens, forbidden))
 
@@ -86,13 +86,12 @@ class SyntaxRules:
         forbid = torch.zeros(n, v, dtype=torch.bool, device=dev)
         closer = torch.where(reverse, self.open, self.close)  # [n]
         forbid[torch.arange(n, device=dev), closer] = state.depth == 0  # nothing to close
-        forbid[:, self.stops.to(dev)] |= (state.depth > 0)[:, None]  # a group is still open
+        forbid[:, self.stops] |= (state.depth > 0)[:, None]  # a group is still open
         for tokens, forbidden in self.followers:
-            tokens = tokens.to(dev)
             # left to right: after a script only `{`, after a root only `{` or `[`
-            forbid |= (forward & torch.isin(last, tokens))[:, None] & forbidden.to(dev)[None, :]
+            forbid |= (forward & torch.isin(last, tokens))[:, None] & forbidden[None, :]
             # right to left the same pairs read backwards: the token only right after one it allows
-            may_precede = ~forbidden.to(dev)[last]  # [n]: `last` may follow these tokens in l2r order
+            may_precede = ~forbidden[last]  # [n]: `last` may follow these tokens in l2r order
             forbid[:, tokens] |= (reverse & ~may_precede)[:, None]
         return scores.masked_fill(forbid, float("-inf"))
 

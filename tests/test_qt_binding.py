@@ -42,10 +42,14 @@ def test_a_call_that_drops_a_reference_is_counted():
     assert dropped_references(lambda: None) == {"True": 0, "None": 0}
 
 
-def test_the_app_refuses_to_start_on_a_leaking_binding(qapp, monkeypatch, capsys):
+def test_the_app_refuses_to_start_on_a_leaking_binding(qapp, monkeypatch, capsys, tmp_path):
     shown = []
     monkeypatch.setattr(qt_binding, "binding_problem", lambda: "PySide6 9.9 loses a reference to True")
     monkeypatch.setattr("PySide6.QtWidgets.QMessageBox.critical", lambda parent, title, text: shown.append(text))
-    assert app.main([]) == 2
+    # were the check gone, the app would open a window and wait for its user: it must not here
+    monkeypatch.setattr("PySide6.QtWidgets.QApplication.exec", lambda self: 0)
+    monkeypatch.setenv("HMER_CONFIG_DIR", str(tmp_path))  # nor touch the user's settings and samples
+    monkeypatch.setenv("HMER_DATA_DIR", str(tmp_path / "data"))
+    assert app.main(["--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert shown == ["PySide6 9.9 loses a reference to True"]
     assert "loses a reference to True" in capsys.readouterr().err
