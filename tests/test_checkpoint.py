@@ -115,3 +115,36 @@ def test_export_writes_a_half_precision_file_the_app_loads(tmp_path, capsys):
         torch.testing.assert_close(a, b, atol=5e-2, rtol=5e-2)
     assert train_main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")]) == 2
     assert "not found" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+
+
+def test_average_writes_the_mean_of_the_weights_and_refuses_another_model(tmp_path, capsys):
+    from train.cli import main as train_main
+
+    vocab = Vocabulary.default()
+    a = _model()
+    torch.manual_seed(5)
+    b = HMER(HMERConfig.tiny()).eval()
+    for m in (a, b):  # distinct BatchNorm statistics too
+        for buf in m.buffers():
+            if buf.is_floating_point():
+                buf.uniform_(0.5, 1.5)
+    save_checkpoint(tmp_path / "a.pt", a, vocab, {"step": 10})
+    save_checkpoint(tmp_path / "b.pt", b, vocab, {"step": 20})
+    out = tmp_path / "avg.pt"
+    assert train_main(["average", str(out), str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--fp32"]) == 0
+    avg, _, meta = load_checkpoint(out)
+    assert meta["averaged_from"] == [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
+    sa, sb, sm = a.state_dict(), b.state_dict(), avg.state_dict()
+    floats = [k for k in sm if sm[k].is_floating_point()]
+    assert any(not torch.equal(sa[k], sb[k]) for k in floats)
+    for k in floats:
+        torch.testing.assert_close(sm[k], (sa[k] + sb[k]) / 2)
+
+    other = HMER(HMERConfig.tiny().replace(d_model=48, dim_feedforward=96))
+    save_checkpoint(tmp_path / "other.pt", other, vocab)
+    capsys.readouterr()
+    bad = tmp_path / "bad.pt"
+    assert train_main(["average", str(bad), str(tmp_path / "a.pt"), str(tmp_path / "other.pt")]) == 2
+    assert "another model config" in capsys.readouterr().err and not bad.exists()
+    assert train_main(["average", str(bad), str(tmp_path / "a.pt")]) == 2
+    assert "at least two" in capsys.readouterr().err and not bad.exists()

@@ -1,4 +1,5 @@
-"""`hmer-train`: train from a TOML config; `hmer-train finetune`: adapt a model to your samples."""
+"""`hmer-train`: train from a TOML config; `hmer-train finetune`: adapt a model to your samples;
+`hmer-train export` / `hmer-train average`: write a checkpoint for shipping."""
 
 from __future__ import annotations
 
@@ -74,9 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         from train.export import main as export_main
 
         return export_main(argv[1:])
+    if argv[:1] == ["average"]:
+        from train.export import average_main
+
+        return average_main(argv[1:])
     parser = argparse.ArgumentParser(prog="hmer-train", description="Train HMER-MTL on a CROHME-layout folder "
                                      "(`hmer-train finetune ...`: on your own samples; `hmer-train export ...`: "
-                                     "a checkpoint for shipping).")  # fmt: skip
+                                     "a checkpoint for shipping; `hmer-train average OUT A B ...`: the mean of "
+                                     "several checkpoints' weights).")  # fmt: skip
     parser.add_argument("--config", required=True, help="a TOML file, or a name in train/configs/ (e.g. paper)")
     parser.add_argument("--data", required=True, help="folder with train/, 2014/, ... and captions/")
     parser.add_argument("--out", required=True, help="run folder: checkpoints, logs, curves")
