@@ -197,3 +197,33 @@ def test_nbest_rerank_reproduces_the_search_ranking_and_bounds_it_by_the_oracle(
     assert report["top_k"]["1"] <= report["top_k"]["5"] <= report["oracle"]
     # a companion that is the same model doubles every score: the ranking cannot change
     assert report["rerank"]["main+1:" + tiny_checkpoint.stem] == report["rerank"]["reference"]
+
+
+def test_compare_evals_counts_the_expressions_only_one_model_reads_and_pools_splits_apart(tmp_path, capsys):
+    from benchmarks.compare_evals import main
+
+    def report(split: str, failed: int) -> dict:
+        return {"split": split, "n": 100, "failures": [{"id": f"f{i}"} for i in range(failed)]}
+
+    files = []
+    for name, rep in [("b14", report("2014", 30)), ("n14", report("2014", 20)),  # new fixes 10, breaks none
+                      ("b16", report("2016", 10)), ("n16", report("2016", 12))]:  # same ids, other split
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(rep))
+    out = tmp_path / "cmp.json"
+    assert main([*map(str, files), "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    first, second, pooled = r["pairs"][0], r["pairs"][1], r["pooled"]
+    assert (first["base_exprate"], first["new_exprate"], first["difference"]) == (70.0, 80.0, 10.0)
+    assert (first["only_new_right"], first["only_base_right"]) == (10, 0)
+    assert abs(first["p_value"] - 2 / 2**10) < 1e-12  # ten to none: exact sign test
+    assert (second["only_new_right"], second["only_base_right"], second["p_value"]) == (0, 2, 0.5)
+    assert (pooled["n"], pooled["only_new_right"], pooled["only_base_right"]) == (200, 10, 2)
+    assert abs(pooled["p_value"] - 2 * (1 + 12 + 66) / 2**12) < 1e-12
+    assert pooled["ci95"][0] < pooled["difference"] == 4.0 < pooled["ci95"][1]
+
+    capsys.readouterr()
+    assert main([str(files[0]), str(files[3])]) == 2  # 2014 against 2016
+    assert "do not score the same expressions" in capsys.readouterr().err
+    assert main([str(files[0])]) == 2
+    assert "in pairs" in capsys.readouterr().err
