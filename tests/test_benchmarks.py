@@ -227,3 +227,5 @@ def test_compare_evals_counts_the_expressions_only_one_model_reads_and_pools_spl
     assert "do not score the same expressions" in capsys.readouterr().err
     assert main([str(files[0])]) == 2
     assert "in pairs" in capsys.readouterr().err
+    assert main([str(files[0]), str(files[1]), str(files[0]), str(files[1])]) == 2  # nothing to pool
+    assert "comes twice" in capsys.readouterr().err
