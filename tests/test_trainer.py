@@ -123,6 +123,26 @@ def test_init_from_weights_starts_a_fresh_run(tmp_path, tiny_checkpoint):
     assert trainer.validate()["exprate"] == 100.0
 
 
+def test_init_may_change_how_ink_is_drawn_but_not_the_network(tmp_path, tiny_checkpoint):
+    from model.checkpoint import CheckpointError
+
+    examples = synthetic_examples(SYNTHETIC_EXPRESSIONS)
+    cfg = tiny_train_config(2)
+    wider = replace(cfg, model=cfg.model.replace(raster={"max_w": 384, "max_h": 96}))
+    trainer = Trainer(wider, data_dir=tmp_path, out_dir=tmp_path / "wide", init_from=tiny_checkpoint,
+                      train_examples=examples, val_examples=[], show_progress=False)  # fmt: skip
+    base, _, _ = load_checkpoint(tiny_checkpoint)
+    for k, v in base.state_dict().items():  # the weights carry over
+        assert torch.equal(trainer.model.state_dict()[k], v)
+    trainer.run()
+    saved, _, _ = load_checkpoint(tmp_path / "wide" / "last.pt")
+    assert saved.config == wider.model and saved.config.raster.max_w == 384  # and it draws the new way
+    other = replace(cfg, model=cfg.model.replace(d_model=48, dim_feedforward=96))
+    with pytest.raises(CheckpointError, match="differs in: d_model, dim_feedforward"):
+        Trainer(other, data_dir=tmp_path, out_dir=tmp_path / "other", init_from=tiny_checkpoint,
+                train_examples=examples, val_examples=[], show_progress=False)  # fmt: skip
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "train" / "configs").glob("*.toml")), ids=lambda p: p.stem)
 def test_every_shipped_config_loads_and_names_a_known_schedule(path):
     from train.config import TrainConfig

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
+from model.config import HMERConfig
 from model.greedy import greedy_search
 from model.hmer import HMER
 from model.recognizer import length_limit
@@ -123,7 +124,7 @@ class Trainer:
 
         torch.manual_seed(cfg.loop.seed)
         if init_from is not None:
-            self.model, _, _ = load_checkpoint(init_from, expect_vocab=self.vocab, expect_config=cfg.model)
+            self.model = self._init_model(init_from, cfg.model)
         else:
             self.model = HMER(cfg.model)
         self.model.to(self.device)
@@ -155,6 +156,19 @@ class Trainer:
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     # --- set-up -----------------------------------------------------------------------
+
+    def _init_model(self, init_from: str | Path, config: HMERConfig) -> HMER:
+        """The weights of `init_from` in a model of `config`. The rasterizer's settings may
+        differ (the network's shapes do not depend on them): the run then teaches the
+        weights to read ink drawn the config's way. Any other difference is an error."""
+        model, _, _ = load_checkpoint(init_from, expect_vocab=self.vocab)
+        if model.config.replace(raster=config.raster.to_dict()) != config:
+            load_checkpoint(init_from, expect_vocab=self.vocab, expect_config=config)  # raises, naming the fields
+        if model.config.raster != config.raster:
+            log.info("init: %s drew its images with %s; this run draws them with %s", init_from,
+                     model.config.raster, config.raster)  # fmt: skip
+            model.config = config
+        return model
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
