@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="folder with train/, 2014/, ... and captions/")
     parser.add_argument("--out", required=True, help="run folder: checkpoints, logs, curves")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    parser.add_argument("--init", help="start from these weights (project checkpoint) with a fresh optimizer")
+    parser.add_argument("--init", help="start from these weights (project checkpoint) with a fresh optimizer; "
+                        "its network must match the config's, its rasterizer settings may differ")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--max-minutes", type=float, help="override [loop] max_minutes")
     parser.add_argument("--max-steps", type=int, help="override [loop] max_steps")
