@@ -66,6 +66,8 @@ def compare(pairs: list[tuple[dict[str, Any], dict[str, Any]]], names: list[tupl
             raise ReportError(f"{base_name} ({base.get('split')}, n={base.get('n')}) and {new_name} "
                               f"({new.get('split')}, n={new.get('n')}) do not score the same expressions")  # fmt: skip
         split = base.get("split")
+        if not base.get("n"):
+            raise ReportError(f"{base_name} scores no expressions")
         if any(row["split"] == split for row in rows):
             raise ReportError(f"split {split} comes twice: pooling needs each split once (compare one pair at a time)")
         base_failed, new_failed = _failed_ids(base, base_name), _failed_ids(new, new_name)

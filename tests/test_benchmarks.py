@@ -229,3 +229,6 @@ def test_compare_evals_counts_the_expressions_only_one_model_reads_and_pools_spl
     assert "in pairs" in capsys.readouterr().err
     assert main([str(files[0]), str(files[1]), str(files[0]), str(files[1])]) == 2  # nothing to pool
     assert "comes twice" in capsys.readouterr().err
+    (tmp_path / "empty.json").write_text(json.dumps({"split": "x", "n": 0, "failures": []}))
+    assert main([str(tmp_path / "empty.json")] * 2) == 2
+    assert "no expressions" in capsys.readouterr().err

@@ -19,12 +19,17 @@ from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 def export(source: str | Path, out: str | Path, half: bool = True) -> dict:
     model, vocab, meta = load_checkpoint(source)
-    meta = dict(meta)
-    meta.pop("train_config", None)  # kept in the run folder; the config that matters is the model's
-    meta |= {"exported_from": str(source), "exported_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-             "weights_dtype": "float16" if half else "float32"}  # fmt: skip
+    meta = _shipping_meta(meta, half, exported_from=str(source))
     save_checkpoint(out, model, vocab, meta, half=half)
     return meta
+
+
+def _shipping_meta(meta: dict, half: bool, **origin: object) -> dict:
+    """The metadata a shipped file keeps: the training config stays in the run folder
+    (the config that matters is the model's), plus where and when it was written."""
+    meta = {k: v for k, v in meta.items() if k != "train_config"}
+    return meta | origin | {"exported_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                            "weights_dtype": "float16" if half else "float32"}  # fmt: skip
 
 
 def average(sources: list[str | Path], out: str | Path, half: bool = True) -> dict:
@@ -41,9 +46,7 @@ def average(sources: list[str | Path], out: str | Path, half: bool = True) -> di
                 total[k] += v.double()
     # integer buffers (BatchNorm's batch counters) keep the first checkpoint's values
     model.load_state_dict({k: (v / len(sources)).float() for k, v in total.items()}, strict=False)
-    meta = {k: v for k, v in meta.items() if k != "train_config"}
-    meta |= {"averaged_from": [str(s) for s in sources], "exported_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-             "weights_dtype": "float16" if half else "float32"}  # fmt: skip
+    meta = _shipping_meta(meta, half, averaged_from=[str(s) for s in sources])
     save_checkpoint(out, model, vocab, meta, half=half)
     return meta
 

@@ -165,8 +165,8 @@ class Trainer:
         if model.config.replace(raster=config.raster.to_dict()) != config:
             load_checkpoint(init_from, expect_vocab=self.vocab, expect_config=config)  # raises, naming the fields
         if model.config.raster != config.raster:
-            log.info("init: %s drew its images with %s; this run draws them with %s", init_from,
-                     model.config.raster, config.raster)  # fmt: skip
+            log.warning("init: %s drew its images with %s; this run draws them with %s", init_from,
+                        model.config.raster, config.raster)  # fmt: skip
             model.config = config
         return model
 
