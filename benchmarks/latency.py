@@ -13,6 +13,13 @@ Two baselines, both re-decoding the whole prefix at every step:
 
     python benchmarks/latency.py --data ../shared/datasets/crohme --split 2014 --limit 100 --json out.json
     python benchmarks/latency.py --data ... --split 2014 --preset paper --max-len 60   # random paper weights
+    python benchmarks/latency.py --data ... --no-baseline --against OLD.pt   # A/B of two checkpoints
+
+`--against` times a second checkpoint on the same expressions in the same process,
+alternating which of the two goes first, so that the machine's drift (tens of
+percent between runs here) falls on both alike; each reads the ink with its own
+rasterizer settings. The report adds its p50 / p95, the ratios and how many
+readings agree.
 """
 
 from __future__ import annotations
@@ -106,6 +113,7 @@ def main() -> int:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--early-stopping", action="store_true", help="stop a direction once it has beam-size hypotheses")
     parser.add_argument("--free-syntax", action="store_true", help="decode without the syntax rules (model/syntax.py)")
+    parser.add_argument("--against", type=Path, help="a second checkpoint, timed alternately on the same expressions")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.threads:
@@ -117,18 +125,37 @@ def main() -> int:
     else:
         rec = Recognizer.load(args.checkpoint, device="cpu")
         name = str(rec.path)
-    rec.max_len = args.max_len
-    rec.early_stopping = args.early_stopping
-    rec.well_formed = not args.free_syntax
+    other = Recognizer.load(args.against, device="cpu") if args.against else None
+    for r in (rec, other) if other else (rec,):
+        r.max_len = args.max_len
+        r.early_stopping = args.early_stopping
+        r.well_formed = not args.free_syntax
     examples, _ = load_split(args.data, args.split, rec.vocab, limit=args.limit)
-    rec.recognize(examples[0].strokes, args.beam)  # warm-up
     ours, base, same, no_cache, same_no_cache = [], [], 0, [], 0
+    theirs, agree = [], 0
     stages: dict[str, list[float]] = {}
-    for i, ex in enumerate(examples):
-        rec.forget_encoding()  # each expression is new ink, as when a person draws it (the warm-up read the first)
+
+    def timed(r: Recognizer, strokes) -> tuple[float, object]:
+        r.forget_encoding()  # each expression is new ink, as when a person draws it (the warm-up read the first)
         t = time.perf_counter()
-        pred = rec.recognize(ex.strokes, args.beam)
-        ours.append((time.perf_counter() - t) * 1000)
+        p = r.recognize(strokes, args.beam)
+        return (time.perf_counter() - t) * 1000, p
+
+    rec.recognize(examples[0].strokes, args.beam)  # warm-up
+    if other:
+        other.recognize(examples[0].strokes, args.beam)
+    for i, ex in enumerate(examples):
+        if other and i % 2:  # the second checkpoint first on odd expressions
+            ms_other, pred_other = timed(other, ex.strokes)
+            ms, pred = timed(rec, ex.strokes)
+        else:
+            ms, pred = timed(rec, ex.strokes)
+            if other:
+                ms_other, pred_other = timed(other, ex.strokes)
+        ours.append(ms)
+        if other:
+            theirs.append(ms_other)
+            agree += pred_other.tokens == pred.tokens
         for stage, ms in pred.timings_ms.items():
             stages.setdefault(stage, []).append(ms)
         if not args.no_baseline:
@@ -156,6 +183,15 @@ def main() -> int:
                    "no_cache_p95_ms": float(np.percentile(no_cache, 95)),
                    "no_cache_speedup": float(np.percentile(no_cache, 50) / np.percentile(ours, 50)),
                    "no_cache_identical": same_no_cache / len(examples)}  # fmt: skip
+    if other:
+        report["against"] = {
+            "checkpoint": str(other.path), "p50_ms": float(np.percentile(theirs, 50)),
+            "p95_ms": float(np.percentile(theirs, 95)), "mean_ms": float(np.mean(theirs)),
+            "ratio_p50": float(np.percentile(ours, 50) / np.percentile(theirs, 50)),  # this checkpoint / the other
+            "ratio_p95": float(np.percentile(ours, 95) / np.percentile(theirs, 95)),
+            "ratio_mean": float(np.mean(ours) / np.mean(theirs)), "same_reading": agree / len(examples),
+        }  # fmt: skip
+        report["mean_ms"] = float(np.mean(ours))
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

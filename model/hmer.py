@@ -77,10 +77,19 @@ class HMER(nn.Module):
         main, aux, _ = self.decoder(memory, mem_mask, tgt, image_index=image_index)
         return main, aux
 
-    def loss(self, main: Tensor, aux: Tensor, targets: Targets) -> tuple[Tensor, dict[str, float]]:
-        """lambda_main * CE(main) + lambda_aux * CE(aux), padding ignored."""
+    def loss(
+        self, main: Tensor, aux: Tensor, targets: Targets, label_smoothing: float = 0.0
+    ) -> tuple[Tensor, dict[str, float]]:
+        """lambda_main * CE(main) + lambda_aux * CE(aux), padding ignored.
+
+        `label_smoothing` softens the main head's targets only: the structure head
+        can only ever emit a handful of the vocabulary's ids, so spreading mass over
+        all of them would teach it nothing.
+        """
         v = main.shape[-1]
-        main_loss = F.cross_entropy(main.reshape(-1, v).float(), targets.out.reshape(-1), ignore_index=0)
+        main_loss = F.cross_entropy(
+            main.reshape(-1, v).float(), targets.out.reshape(-1), ignore_index=0, label_smoothing=label_smoothing
+        )
         aux_loss = F.cross_entropy(aux.reshape(-1, v).float(), targets.aux_out.reshape(-1), ignore_index=0)
         total = self.config.lambda_main * main_loss + self.config.lambda_aux * aux_loss
         return total, {"loss": float(total.detach()), "loss_main": float(main_loss.detach()),

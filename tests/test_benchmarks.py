@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from model.inkml import write_inkml
@@ -30,6 +31,27 @@ def test_latency_benchmark_compares_with_the_full_prefix_baseline(tmp_path, tiny
     assert {"p50_ms", "p95_ms", "baseline_p50_ms", "speedup", "identical", "n", "checkpoint", "threads"} <= set(report)
     assert report["n"] == 3 and report["identical"] == 1.0  # caching changes the speed, never the answer
     assert report["no_cache_identical"] == 1.0 and report["no_cache_p50_ms"] > 0
+
+
+def test_latency_benchmark_times_a_second_checkpoint_on_the_same_expressions(tmp_path, tiny_checkpoint):
+    from model.checkpoint import load_checkpoint, save_checkpoint
+    from model.hmer import HMER
+
+    for i, latex in enumerate(SYNTHETIC_EXPRESSIONS[:4]):
+        write_inkml(tmp_path / "data" / "mini" / f"e{i}.inkml", ink_for(latex), latex)
+    trained, vocab, _ = load_checkpoint(tiny_checkpoint)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "untrained.pt", HMER(trained.config), vocab)  # reads none of them right
+    out = tmp_path / "ab.json"
+    done = _run("benchmarks/latency.py", "--data", str(tmp_path / "data"), "--split", "mini", "--limit", "4",
+                "--checkpoint", str(tiny_checkpoint), "--beam", "3", "--no-baseline",
+                "--against", str(tmp_path / "untrained.pt"), "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    against = report["against"]
+    assert against["checkpoint"].endswith("untrained.pt") and against["p50_ms"] > 0
+    assert against["ratio_p50"] == pytest.approx(report["p50_ms"] / against["p50_ms"])
+    assert against["same_reading"] == 0.0  # the trained model reads all four, the untrained one none
 
 
 def test_reference_baseline_decodes_the_rows_of_finished_directions_too(tiny_checkpoint):

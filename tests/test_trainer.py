@@ -283,3 +283,41 @@ def test_hmer_eval_refuses_alternatives_without_beam_search(tmp_path, capsys):
     with pytest.raises(SystemExit):
         eval_main(["--data", str(tmp_path), "--split", "x", "--beam", "0", "--alternatives", "5"])
     assert "--alternatives needs --beam" in capsys.readouterr().err
+
+
+def test_label_smoothing_softens_the_main_targets_and_reaches_the_training_step(tmp_path):
+    from model.hmer import HMER
+    from model.vocab import Vocabulary
+    from train.config import OptimConfig
+    from train.data import InkDataset, collate
+
+    vocab = Vocabulary.default()
+    examples = synthetic_examples(SYNTHETIC_EXPRESSIONS[:3])
+    cfg = tiny_train_config(1)
+    batch = collate([InkDataset(examples, vocab, cfg.model.raster, augment=None)[i] for i in range(3)], vocab)
+    torch.manual_seed(0)
+    model = HMER(cfg.model).eval()
+    with torch.no_grad():
+        main, aux = model(batch.imgs, batch.masks, batch.targets.tgt)
+        _, hard = model.loss(main, aux, batch.targets)
+        _, soft = model.loss(main, aux, batch.targets, label_smoothing=0.2)
+    logp = main.float().log_softmax(-1)  # [2b, t, V]
+    keep = batch.targets.out != vocab.pad_id
+    nll = -logp.gather(-1, batch.targets.out.unsqueeze(-1)).squeeze(-1)[keep].mean()
+    uniform = -logp.mean(-1)[keep].mean()
+    assert soft["loss_main"] == pytest.approx(0.8 * float(nll) + 0.2 * float(uniform), rel=1e-5)
+    assert hard["loss_main"] == pytest.approx(float(nll), rel=1e-5)
+    assert soft["loss_aux"] == hard["loss_aux"]  # the structure head keeps hard targets
+
+    def one_step(eps: float) -> dict[str, torch.Tensor]:
+        c = replace(cfg, optim=replace(cfg.optim, label_smoothing=eps))
+        t = Trainer(c, data_dir=tmp_path, out_dir=tmp_path / f"ls{eps}", train_examples=examples, val_examples=[],
+                    show_progress=False)  # fmt: skip
+        t.run()
+        return t.model.state_dict()
+
+    plain, smoothed = one_step(0.0), one_step(0.2)
+    assert not torch.equal(plain["decoder.head.weight"], smoothed["decoder.head.weight"])
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            OptimConfig(label_smoothing=bad)

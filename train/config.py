@@ -43,6 +43,11 @@ class OptimConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 0.0  # max gradient norm, 0 = off
     warmup_steps: int = 0  # linear warm-up from 0
+    label_smoothing: float = 0.0  # main head: the truth gets 1 - eps, eps is spread over the vocabulary
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"[optim] label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 @dataclass(frozen=True)

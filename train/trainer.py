@@ -292,7 +292,7 @@ class Trainer:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         with autocast_context(self.device, self.cfg.loop.bf16):
             main, aux = self.ddp_model(imgs, batch.masks, batch.targets.tgt)
-            loss, parts = self.model.loss(main, aux, batch.targets)
+            loss, parts = self.model.loss(main, aux, batch.targets, self.cfg.optim.label_smoothing)
         if not torch.isfinite(loss):
             log.warning("step %d: non-finite loss, batch skipped", self.step)
             self.optimizer.zero_grad(set_to_none=True)
