@@ -41,6 +41,7 @@ from model.beam import beam_search_memory  # noqa: E402
 from model.config import HMERConfig  # noqa: E402
 from model.hmer import HMER  # noqa: E402
 from model.paths import BUNDLED_CHECKPOINT  # noqa: E402
+from model.prediction import Prediction  # noqa: E402
 from model.rasterize import rasterize  # noqa: E402
 from model.recognizer import Recognizer, length_limit  # noqa: E402
 from model.vocab import Vocabulary  # noqa: E402
@@ -135,7 +136,7 @@ def main() -> int:
     theirs, agree = [], 0
     stages: dict[str, list[float]] = {}
 
-    def timed(r: Recognizer, strokes) -> tuple[float, object]:
+    def timed(r: Recognizer, strokes) -> tuple[float, Prediction]:
         r.forget_encoding()  # each expression is new ink, as when a person draws it (the warm-up read the first)
         t = time.perf_counter()
         p = r.recognize(strokes, args.beam)
@@ -156,8 +157,8 @@ def main() -> int:
         if other:
             theirs.append(ms_other)
             agree += pred_other.tokens == pred.tokens
-        for stage, ms in pred.timings_ms.items():
-            stages.setdefault(stage, []).append(ms)
+        for stage, stage_ms in pred.timings_ms.items():
+            stages.setdefault(stage, []).append(stage_ms)
         if not args.no_baseline:
             t = time.perf_counter()
             ids = baseline_recognize(rec, ex.strokes, args.beam, args.max_len)
