@@ -128,12 +128,15 @@ def test_average_writes_the_mean_of_the_weights_and_refuses_another_model(tmp_pa
         for buf in m.buffers():
             if buf.is_floating_point():
                 buf.uniform_(0.5, 1.5)
-    save_checkpoint(tmp_path / "a.pt", a, vocab, {"step": 10})
-    save_checkpoint(tmp_path / "b.pt", b, vocab, {"step": 20})
+    save_checkpoint(tmp_path / "a.pt", a, vocab, {"step": 10, "val_split": "2014"})
+    save_checkpoint(tmp_path / "b.pt", b, vocab, {"step": 20, "val_split": "2014"})
     out = tmp_path / "avg.pt"
     assert train_main(["average", str(out), str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--fp32"]) == 0
     avg, _, meta = load_checkpoint(out)
     assert meta["averaged_from"] == [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
+    # the mean is not the first source's step 10: only what both share is its own
+    assert "step" not in meta and meta["val_split"] == "2014"
+    assert [m["step"] for m in meta["sources"]] == [10, 20]
     sa, sb, sm = a.state_dict(), b.state_dict(), avg.state_dict()
     floats = [k for k in sm if sm[k].is_floating_point()]
     assert any(not torch.equal(sa[k], sb[k]) for k in floats)

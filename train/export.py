@@ -37,16 +37,23 @@ def average(sources: list[str | Path], out: str | Path, half: bool = True) -> di
     included) to `out`. All must have the first one's vocabulary and model config."""
     if len(sources) < 2:
         raise ValueError("averaging needs at least two checkpoints")
-    model, vocab, meta = load_checkpoint(sources[0])
+    model, vocab, first_meta = load_checkpoint(sources[0])
+    metas = [first_meta]
     total = {k: v.double() for k, v in model.state_dict().items() if v.is_floating_point()}
     for source in sources[1:]:
-        other, _, _ = load_checkpoint(source, expect_vocab=vocab, expect_config=model.config)
+        other, _, other_meta = load_checkpoint(source, expect_vocab=vocab, expect_config=model.config)
+        metas.append(other_meta)
         for k, v in other.state_dict().items():
             if k in total:
                 total[k] += v.double()
     # integer buffers (BatchNorm's batch counters) keep the first checkpoint's values
     model.load_state_dict({k: (v / len(sources)).float() for k, v in total.items()}, strict=False)
-    meta = _shipping_meta(meta, half, averaged_from=[str(s) for s in sources])
+    # Only what all sources agree on describes the mean (the splits, say); a step or a
+    # validation score belongs to one source, so each source's own record is kept apart.
+    metas = [{k: v for k, v in m.items() if k != "train_config"} for m in metas]
+    shared = {k: v for k, v in metas[0].items() if all(k in m and m[k] == v for m in metas[1:])}
+    meta = _shipping_meta(shared, half, averaged_from=[str(s) for s in sources],
+                          sources=metas)  # fmt: skip
     save_checkpoint(out, model, vocab, meta, half=half)
     return meta
 
