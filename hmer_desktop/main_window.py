@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QScrollArea, QSpinBox, QSplitter,
+from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QScrollArea, QSpinBox, QSplitter,
                                QToolBar, QVBoxLayout, QWidget)  # fmt: skip
 
 from hmer_desktop.finetune_service import FinetuneService
@@ -19,6 +19,7 @@ from hmer_desktop.widgets.attention import AttentionPanel
 from hmer_desktop.widgets.canvas import InkCanvas
 from hmer_desktop.widgets.heat import heat_rgba, to_qimage
 from hmer_desktop.widgets.learn import FinetuneDialog, SampleBrowser
+from hmer_desktop.widgets.model_card import ModelCardDialog
 from hmer_desktop.widgets.results import ResultsPanel
 from hmer_desktop.widgets.settings_dialog import SettingsDialog
 from hmer_desktop.widgets.structure import StructurePanel
@@ -69,6 +70,7 @@ class MainWindow(QMainWindow):
         self.image_input: np.ndarray | None = None  # set while showing an opened image instead of ink
         self.pending = 0  # requests in flight
         self.last_result: Result | None = None
+        self.about_dialog: ModelCardDialog | None = None
 
         self.canvas = InkCanvas(self.document)
         scroll = QScrollArea()
@@ -395,13 +397,11 @@ class MainWindow(QMainWindow):
         from model.paths import asset_path
 
         card = asset_path("MODEL_CARD.md")
-        text = card.read_text(encoding="utf-8") if card.exists() else "No model card is bundled yet."
-        checkpoint = self.service.checkpoint or "the bundled model"
-        box = QMessageBox(self)
-        box.setWindowTitle("About the model")
-        box.setText(f"Checkpoint: {checkpoint}")
-        box.setDetailedText(text)
-        box.exec()
+        text = card.read_text(encoding="utf-8") if card.exists() else None
+        checkpoint = str(self.service.checkpoint) if self.service.checkpoint else None
+        # open(), not exec(): the window stays live (a recognition in flight still lands)
+        self.about_dialog = ModelCardDialog(text, checkpoint, self)
+        self.about_dialog.open()
 
     def closeEvent(self, event) -> None:  # noqa: N802
         self.debounce.stop()

@@ -485,3 +485,22 @@ def test_the_attention_view_grows_with_the_panel_and_keeps_the_input_shape(qtbot
     assert big.width() <= view.width() and big.height() <= view.height()  # fits the space it has
     assert abs(big.width() / big.height() - 128 / 32) < 0.05  # never stretched
     assert big.width() == min(view.width(), 4 * 128) or big.height() == view.height()  # as large as allowed
+
+
+def test_about_the_model_renders_the_card_and_names_the_checkpoint_in_use(qtbot, make_window, tiny_checkpoint):
+    from hmer_desktop.widgets.model_card import ModelCardDialog
+
+    window = make_window(live=False)
+    window.show_about()
+    dialog = window.about_dialog
+    assert dialog is not None and dialog.isVisible()
+    text = dialog.card.toPlainText()
+    # rendered, not the markdown source: a heading without '#', tables without '|---|', no '**'
+    assert text.startswith("Model card") and "|---|" not in text and "**" not in text
+    assert "≤ 1 error" in text  # a cell of the results table
+    assert str(tiny_checkpoint) in dialog.active.text() and "not this file" in dialog.active.text()
+    dialog.close()
+
+    bare = ModelCardDialog(None, None)
+    qtbot.addWidget(bare)
+    assert "bundled model" in bare.active.text() and "No model card" in bare.card.toPlainText()
