@@ -79,10 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         from train.export import average_main
 
         return average_main(argv[1:])
+    if argv[:1] == ["recalibrate-bn"]:
+        from train.recalibrate import main as recalibrate_main
+
+        return recalibrate_main(argv[1:])
     parser = argparse.ArgumentParser(prog="hmer-train", description="Train HMER-MTL on a CROHME-layout folder "
                                      "(`hmer-train finetune ...`: on your own samples; `hmer-train export ...`: "
                                      "a checkpoint for shipping; `hmer-train average OUT A B ...`: the mean of "
-                                     "several checkpoints' weights).")  # fmt: skip
+                                     "several checkpoints' weights; `hmer-train recalibrate-bn CKPT OUT --data DIR`: "
+                                     "its BatchNorm statistics measured anew).")  # fmt: skip
     parser.add_argument("--config", required=True, help="a TOML file, or a name in train/configs/ (e.g. paper)")
     parser.add_argument("--data", required=True, help="folder with train/, 2014/, ... and captions/")
     parser.add_argument("--out", required=True, help="run folder: checkpoints, logs, curves")
