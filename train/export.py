@@ -19,12 +19,12 @@ from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 def export(source: str | Path, out: str | Path, half: bool = True) -> dict:
     model, vocab, meta = load_checkpoint(source)
-    meta = _shipping_meta(meta, half, exported_from=str(source))
+    meta = shipping_meta(meta, half, exported_from=str(source))
     save_checkpoint(out, model, vocab, meta, half=half)
     return meta
 
 
-def _shipping_meta(meta: dict, half: bool, **origin: object) -> dict:
+def shipping_meta(meta: dict, half: bool, **origin: object) -> dict:
     """The metadata a shipped file keeps: the training config stays in the run folder
     (the config that matters is the model's), plus where and when it was written."""
     meta = {k: v for k, v in meta.items() if k != "train_config"}
@@ -52,7 +52,7 @@ def average(sources: list[str | Path], out: str | Path, half: bool = True) -> di
     # validation score belongs to one source, so each source's own record is kept apart.
     metas = [{k: v for k, v in m.items() if k != "train_config"} for m in metas]
     shared = {k: v for k, v in metas[0].items() if all(k in m and m[k] == v for m in metas[1:])}
-    meta = _shipping_meta(shared, half, averaged_from=[str(s) for s in sources],
+    meta = shipping_meta(shared, half, averaged_from=[str(s) for s in sources],
                           sources=metas)  # fmt: skip
     save_checkpoint(out, model, vocab, meta, half=half)
     return meta

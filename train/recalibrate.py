@@ -80,6 +80,7 @@ def main(argv: list[str]) -> int:
     from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from train.config import TrainConfig
     from train.data import InkDataset, collate, load_split, nominal_size, size_batches
+    from train.export import shipping_meta
 
     if args.batches < 1:
         print("hmer-train recalibrate-bn: --batches must be at least 1", file=sys.stderr)
@@ -100,7 +101,8 @@ def main(argv: list[str]) -> int:
     order = size_batches(sizes, cfg.data.pixel_budget, cfg.data.max_batch, args.seed, 0)[: args.batches]
     batches = (collate([dataset[i] for i in b], vocab) for b in order)
     images = recalibrate_batchnorm(model, batches)
-    meta = meta | {"bn_recalibrated": {"images": images, "split": args.split, "seed": args.seed}}
+    meta = shipping_meta(meta, not args.fp32, bn_recalibrated={"images": images, "split": args.split,
+                                                                 "seed": args.seed})  # fmt: skip
     try:
         save_checkpoint(args.out, model, vocab, meta, half=not args.fp32)
     except OSError as e:
