@@ -396,11 +396,14 @@ class MainWindow(QMainWindow):
     def show_about(self) -> None:
         from model.paths import asset_path
 
-        card = asset_path("MODEL_CARD.md")
-        text = card.read_text(encoding="utf-8") if card.exists() else None
         checkpoint = str(self.service.checkpoint) if self.service.checkpoint else None
+        if self.about_dialog is None:  # one dialog, kept: the card is read and laid out once
+            card = asset_path("MODEL_CARD.md")
+            text = card.read_text(encoding="utf-8") if card.exists() else None
+            self.about_dialog = ModelCardDialog(text, checkpoint, self)
+        else:
+            self.about_dialog.show_checkpoint(checkpoint)  # the model in use may have changed since
         # open(), not exec(): the window stays live (a recognition in flight still lands)
-        self.about_dialog = ModelCardDialog(text, checkpoint, self)
         self.about_dialog.open()
 
     def closeEvent(self, event) -> None:  # noqa: N802

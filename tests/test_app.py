@@ -500,6 +500,10 @@ def test_about_the_model_renders_the_card_and_names_the_checkpoint_in_use(qtbot,
     assert "≤ 1 error" in text  # a cell of the results table
     assert str(tiny_checkpoint) in dialog.active.text() and "not this file" in dialog.active.text()
     dialog.close()
+    window.service.configure(None, "cpu")  # back to the bundled model: the same dialog says so
+    window.show_about()
+    assert window.about_dialog is dialog and dialog.isVisible() and "the bundled model" in dialog.active.text()
+    dialog.close()
 
     bare = ModelCardDialog(None, None)
     qtbot.addWidget(bare)

@@ -16,8 +16,9 @@ class ModelCardDialog(QDialog):
     def __init__(self, card_markdown: str | None, checkpoint: str | None, parent=None) -> None:
         super().__init__(parent)
         self.setWindowTitle("About the model")
-        self.active = QLabel(active_model_line(checkpoint))
+        self.active = QLabel()
         self.active.setWordWrap(True)
+        self.show_checkpoint(checkpoint)
         self.card = QTextBrowser()
         self.card.setOpenExternalLinks(True)
         if card_markdown:
@@ -31,3 +32,6 @@ class ModelCardDialog(QDialog):
         layout.addWidget(self.card, 1)
         layout.addWidget(buttons)
         self.resize(860, 640)
+
+    def show_checkpoint(self, checkpoint: str | None) -> None:
+        self.active.setText(active_model_line(checkpoint))
