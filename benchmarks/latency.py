@@ -8,12 +8,18 @@ Two baselines, both re-decoding the whole prefix at every step:
   the batch until both directions are done (a finished direction was fed padding),
   and the length bound is `--max-len` alone;
 * `no_cache` is this project's search with only the cache taken away: a finished
-  direction leaves the batch and the length bound follows the number of strokes
-  (`length_limit`), as in `Recognizer`. Its ratio is what the cache alone gains.
+  direction leaves the batch, the length bound follows the number of strokes
+  (`length_limit`) and beams are pruned, as in `Recognizer`. Its ratio is what the
+  cache alone gains.
+
+The timed search prunes beams as the app does (`--prune`, default the app's
+threshold; `none` times the exact search); the reference baseline never prunes,
+so `identical` is how often the app's reading is the reference's.
 
     python benchmarks/latency.py --data ../shared/datasets/crohme --split 2014 --limit 100 --json out.json
     python benchmarks/latency.py --data ... --split 2014 --preset paper --max-len 60   # random paper weights
     python benchmarks/latency.py --data ... --no-baseline --against OLD.pt   # A/B of two checkpoints
+    python benchmarks/latency.py --data ... --no-baseline --against assets/hmer_small.pt --against-prune none
 
 `--against` times a second checkpoint on the same expressions in the same process,
 alternating which of the two goes first, so that the machine's drift (tens of
@@ -43,7 +49,7 @@ from model.hmer import HMER  # noqa: E402
 from model.paths import BUNDLED_CHECKPOINT  # noqa: E402
 from model.prediction import Prediction  # noqa: E402
 from model.rasterize import rasterize  # noqa: E402
-from model.recognizer import Recognizer, length_limit  # noqa: E402
+from model.recognizer import DEFAULT_PRUNE, Recognizer, length_limit  # noqa: E402
 from model.vocab import Vocabulary  # noqa: E402
 from train.data import load_split  # noqa: E402
 
@@ -97,8 +103,17 @@ def baseline_recognize(rec: Recognizer, strokes, beam: int, max_len: int, refere
         else:
             limit, decoder = length_limit(len(strokes), max_len), FullPrefixDecoder(rec.model)
         hyps = beam_search_memory(rec.model, memory, mask, rec.vocab, beam, limit, decoder=decoder,
-                                  well_formed=rec.well_formed)  # fmt: skip
+                                  well_formed=rec.well_formed, prune=None if reference else rec.prune)  # fmt: skip
     return list(hyps[0][0].ids)
+
+
+def _threshold(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("a beam threshold is a positive number of nats, or none")
+    return value
 
 
 def main() -> int:
@@ -115,6 +130,10 @@ def main() -> int:
     parser.add_argument("--early-stopping", action="store_true", help="stop a direction once it has beam-size hypotheses")
     parser.add_argument("--free-syntax", action="store_true", help="decode without the syntax rules (model/syntax.py)")
     parser.add_argument("--against", type=Path, help="a second checkpoint, timed alternately on the same expressions")
+    parser.add_argument("--prune", type=_threshold, default=DEFAULT_PRUNE, metavar="NATS|none",
+                        help=f"beam threshold of the timed search (default: the app's, {DEFAULT_PRUNE}; none: exact)")
+    parser.add_argument("--against-prune", type=_threshold, default=DEFAULT_PRUNE, metavar="NATS|none",
+                        help="the same for --against: `--against SAME.pt --against-prune none` times pruning")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.threads:
@@ -131,6 +150,9 @@ def main() -> int:
         r.max_len = args.max_len
         r.early_stopping = args.early_stopping
         r.well_formed = not args.free_syntax
+    rec.prune = args.prune
+    if other:
+        other.prune = args.against_prune
     examples, _ = load_split(args.data, args.split, rec.vocab, limit=args.limit)
     ours, base, same, no_cache, same_no_cache = [], [], 0, [], 0
     theirs, agree = [], 0
@@ -172,7 +194,7 @@ def main() -> int:
     print(file=sys.stderr)
     report = {
         "checkpoint": name, "split": args.split, "n": len(examples), "beam": args.beam, "threads": torch.get_num_threads(),
-        "syntax_rules": rec.well_formed,
+        "syntax_rules": rec.well_formed, "prune": args.prune,
         "p50_ms": float(np.percentile(ours, 50)), "p95_ms": float(np.percentile(ours, 95)),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "stage_p50_ms": {stage: float(np.percentile(v, 50)) for stage, v in stages.items()},
@@ -186,7 +208,7 @@ def main() -> int:
                    "no_cache_identical": same_no_cache / len(examples)}  # fmt: skip
     if other:
         report["against"] = {
-            "checkpoint": str(other.path), "p50_ms": float(np.percentile(theirs, 50)),
+            "checkpoint": str(other.path), "prune": other.prune, "p50_ms": float(np.percentile(theirs, 50)),
             "p95_ms": float(np.percentile(theirs, 95)), "mean_ms": float(np.mean(theirs)),
             "ratio_p50": float(np.percentile(ours, 50) / np.percentile(theirs, 50)),  # this checkpoint / the other
             "ratio_p95": float(np.percentile(ours, 95) / np.percentile(theirs, 95)),

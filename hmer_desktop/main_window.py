@@ -62,6 +62,7 @@ class MainWindow(QMainWindow):
         self.service = service
         self.settings_store = settings_store or SettingsStore()
         self.settings: Settings = self.settings_store.load()
+        self.service.exact_search = self.settings.exact_search
         self.document = InkDocument()
         self.samples = sample_store or SampleStore(data_dir() / "samples.db")
         self.finetuning = FinetuneService(self.samples, data_dir() / "models" if sample_store is None
@@ -381,6 +382,7 @@ class MainWindow(QMainWindow):
         model_changed = (new.checkpoint, new.device) != (self.settings.checkpoint, self.settings.device)
         self.settings = new
         self.settings_store.save(new)
+        self.service.exact_search = new.exact_search
         self.beam_spin.setValue(new.beam_size)
         self.act_live.setChecked(new.live)
         if model_changed:

@@ -26,6 +26,7 @@ class Superseded(Exception):
 
 class RecognizerLike(Protocol):
     device: Any
+    exact_search: bool  # False: the beam search drops beams far behind the best
 
     def recognize(self, strokes: list[np.ndarray], beam_size: int = 10) -> Prediction: ...
 
@@ -61,6 +62,7 @@ class RecognitionService:
         self._recognizer: RecognizerLike | None = None
         self._lock = threading.Lock()
         self._latest = 0
+        self.exact_search = False  # read by each request when it starts
 
     @property
     def checkpoint(self) -> Path | None:
@@ -99,6 +101,7 @@ class RecognitionService:
             if request_id != self._latest:
                 raise Superseded()
             rec = self._model()
+            rec.exact_search = self.exact_search
             start = time.perf_counter()
             prediction = work(rec)
             return Result(request_id, ink_version, prediction, (time.perf_counter() - start) * 1000,

@@ -25,6 +25,7 @@ def data_dir() -> Path:
 @dataclass
 class Settings:
     beam_size: int = 10
+    exact_search: bool = False  # keep every beam, as the reference does (slower); default: prune hopeless ones
     live: bool = True  # recognize after each stroke
     debounce_ms: int = 300  # wait this long after the last stroke before the beam search
     preview: bool = True  # show a greedy reading right after each stroke, then the beam's
@@ -35,6 +36,7 @@ class Settings:
     def validated(self) -> "Settings":
         return Settings(
             beam_size=min(max(int(self.beam_size), 1), 32),
+            exact_search=bool(self.exact_search),
             live=bool(self.live),
             debounce_ms=min(max(int(self.debounce_ms), 0), 5000),
             preview=bool(self.preview),

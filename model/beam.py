@@ -72,13 +72,18 @@ def _search(
     decoder: Any = None,
     group_type: type[_BeamGroup] = _BeamGroup,
     well_formed: bool = True,
+    prune: float | None = None,
 ) -> list[_BeamGroup]:
     """Beam search of both directions for all images: groups 0..B-1 are l2r,
-    groups B..2B-1 r2l. The batch holds beam_size rows per unfinished group;
+    groups B..2B-1 r2l. The batch holds at most beam_size rows per unfinished group
+    (dead beams leave it);
     a group leaves it as soon as it is done (the reference kept decoding it).
     `decoder` (default: the model's) provides start()/step(); benchmarks pass
     a full-prefix re-decoder here to compare against, and a `group_type` that
-    records what each group saw. well_formed: only readings that obey `SyntaxRules`."""
+    records what each group saw. well_formed: only readings that obey `SyntaxRules`.
+    prune (nats): an open beam whose log-probability falls further than this below
+    the best candidate of its search at the same step is dropped (None: never; the
+    reference's search)."""
     decoder = decoder if decoder is not None else model.decoder
     b = memory.shape[0]
     groups = [group_type(beam_size, alpha, early_stopping) for _ in range(2 * b)]
@@ -94,6 +99,8 @@ def _search(
     syntax = rules.start(torch.arange(n_groups, device=device) >= b) if rules else None
     stop_ids = {vocab.pad_id, vocab.sos_id, vocab.eos_id}
     active = list(range(n_groups))  # groups still searching, in batch order
+    rows = [1] * n_groups  # live rows of each active group, contiguous in the batch
+    floor_gap = float("inf") if prune is None else prune
     cur_len = 1
     while cur_len < max_len and active:
         logits, _, _ = decoder.step(state, last, need_aux=False)
@@ -102,48 +109,46 @@ def _search(
             logp = rules.mask(syntax, last, logp)
         scores = logp + beam_scores[:, None]  # [n, V]
         v = scores.shape[-1]
-        width = scores.shape[0] // len(active)
-        top_scores, top = scores.view(len(active), width * v).topk(2 * beam_size, dim=1)  # [G, 2k]
+        if any(r != beam_size for r in rows):  # lay each group out in beam_size slots, empty ones -inf
+            slots = torch.tensor([j * beam_size + r for j, count in enumerate(rows) for r in range(count)], device=device)
+            scores = scores.new_full((len(active) * beam_size, v), float("-inf")).index_copy_(0, slots, scores)
+        top_scores, top = scores.view(len(active), beam_size * v).topk(2 * beam_size, dim=1)  # [G, 2k]
         top_beam, top_tok = (top // v).tolist(), (top % v).tolist()
         top_scores_list = top_scores.tolist()
-        if cur_len == 1:  # every group now holds beam_size sequences
-            spread = torch.arange(len(active), device=device).repeat_interleave(beam_size)
-            state.reorder(spread)
-            syntax = syntax.reorder(spread) if syntax is not None else None
-            prefixes = [p for p in prefixes for _ in range(beam_size)]
         new_scores: list[float] = []
         new_tokens: list[int] = []
         new_index: list[int] = []
-        still_active = []
+        still_active, still_rows = [], []
+        base = 0  # this group's first row in the current batch
         for j, g in enumerate(active):
             group = groups[g]
-            base = j * beam_size  # this group's rows in the current batch
-            # Slots left empty (more stop tokens than beams among the candidates) hold dead
-            # beams: the reference gave them score 0, which then outranked every real
-            # hypothesis and kept the search running to max_len.
-            scores_g = [float("-inf")] * beam_size
-            tokens_g = [vocab.pad_id] * beam_size
-            index_g = [base] * beam_size
-            filled = 0
+            # Candidates further than `prune` below the best are dropped, and so is every
+            # slot left empty (more stop tokens than beams among the candidates): the
+            # reference kept such dead beams in the batch with score 0, which then
+            # outranked every real hypothesis and kept the search running to max_len.
+            floor = top_scores_list[j][0] - floor_gap
+            kept: list[tuple[float, int, int]] = []  # (score, token, row) of the open beams kept
             for rank, (tok, score, src) in enumerate(zip(top_tok[j], top_scores_list[j], top_beam[j])):
-                if score == float("-inf"):
-                    break  # only dead beams' continuations remain
+                if score == float("-inf") or score < floor:
+                    break  # candidates come best first: the rest are dead or pruned too
                 row = base + src
                 if tok in stop_ids:
                     if rank < beam_size:
                         group.add(list(prefixes[row]), score)
                 else:
-                    scores_g[filled], tokens_g[filled], index_g[filled] = score, tok, row
-                    filled += 1
-                if filled == beam_size:
+                    kept.append((score, tok, row))
+                if len(kept) == beam_size:
                     break
-            group.done = filled == 0 or group.is_done(max(top_scores_list[j]), cur_len)
+            base += rows[j]
+            group.done = not kept or group.is_done(top_scores_list[j][0], cur_len)
             if not group.done:  # a finished group leaves the batch: no more work for it
                 still_active.append(g)
-                new_scores += scores_g
-                new_tokens += tokens_g
-                new_index += index_g
-        active = still_active
+                still_rows.append(len(kept))
+                for score, tok, row in kept:
+                    new_scores.append(score)
+                    new_tokens.append(tok)
+                    new_index.append(row)
+        active, rows = still_active, still_rows
         if not active:
             break
         index = torch.tensor(new_index, device=device)
@@ -155,12 +160,12 @@ def _search(
             syntax = rules.advance(syntax.reorder(index), last)
         cur_len += 1
     final = beam_scores.tolist()
-    for j, g in enumerate(active):  # max_len reached: the open beams count as they are
-        if rules is not None and groups[g].beams:
-            continue  # unless finished readings exist: an unfinished one may leave a group open
-        for r in range(beam_size):
-            if final[j * beam_size + r] > float("-inf"):
-                groups[g].add(list(prefixes[j * beam_size + r]), final[j * beam_size + r])
+    base = 0
+    for g, count in zip(active, rows):  # max_len reached: the open beams count as they are
+        if not (rules is not None and groups[g].beams):  # unless finished readings exist: an
+            for r in range(base, base + count):  # unfinished one may leave a group open
+                groups[g].add(list(prefixes[r]), final[r])
+        base += count
     return groups
 
 
@@ -189,12 +194,13 @@ def beam_search(
     early_stopping: bool = False,
     nbest: int | None = None,
     well_formed: bool = True,
+    prune: float | None = None,
 ) -> list[list[Hypothesis]]:
     """n-best hypotheses per image, best first, each token sequence once (see
-    `beam_search_memory` for `nbest` and `well_formed`)."""
+    `beam_search_memory` for `nbest`, `well_formed` and `prune`)."""
     memory, mem_mask = model.encode(imgs, masks)
     return beam_search_memory(model, memory, mem_mask, vocab, beam_size, max_len, alpha, early_stopping, nbest=nbest,
-                              well_formed=well_formed)  # fmt: skip
+                              well_formed=well_formed, prune=prune)  # fmt: skip
 
 
 @dataclass
@@ -221,6 +227,7 @@ def beam_search_memory(
     decoder: Any = None,
     nbest: int | None = None,
     well_formed: bool = True,
+    prune: float | None = None,
 ) -> list[list[Hypothesis]]:
     """Search both directions, then add to each hypothesis the opposite direction's
     score and rank by the sum.
@@ -235,10 +242,14 @@ def beam_search_memory(
     a sequence that both directions found already has both scores, and a
     hypothesis whose own score is below the nbest-th known total cannot enter the
     top, since the other direction's log-probability is at most 0.
+
+    prune (nats, None by default) drops an open beam once its log-probability
+    trails the best candidate of its direction by more than that: fewer rows to
+    decode for a confident reading, at the risk of losing a late-blooming one.
     """
     b = memory.shape[0]
     groups = _search(model, memory, mem_mask, vocab, beam_size, max_len, alpha, early_stopping, decoder,
-                     well_formed=well_formed)  # fmt: skip
+                     well_formed=well_formed, prune=prune)  # fmt: skip
     found: list[_Found] = []
     for g, group in enumerate(groups):
         image, direction = g % b, ("l2r" if g < b else "r2l")

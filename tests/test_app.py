@@ -355,16 +355,23 @@ def test_preferences_are_applied_and_remembered(qtbot, make_window, tmp_path, ti
     dialog = window.show_preferences()
     qtbot.addWidget(dialog)
     dialog.beam.setValue(4)
+    dialog.exact.setChecked(True)
     dialog.device.setCurrentText("cpu")
     dialog.checkpoint.setText(str(tiny_checkpoint))
     dialog.accept()
     assert window.beam_spin.value() == 4 and window.service.checkpoint == tiny_checkpoint
-    assert window.settings_store.load().beam_size == 4
+    assert window.settings_store.load().beam_size == 4 and window.settings_store.load().exact_search
+    # the recognizer that runs the next request searches exactly (prunes nothing)
+    used = window.service.recognize(ink_for("1 + 2"), ink_version=0, beam_size=4).result(timeout=60)
+    recognizer = window.service._model()
+    assert used.prediction.alternatives and recognizer.exact_search and recognizer.prune is None
     dialog = window.show_preferences()
     qtbot.addWidget(dialog)
     dialog.show_values(Settings())  # "Restore defaults"
     dialog.accept()
     assert window.settings_store.load() == Settings() and window.service.checkpoint is None
+    window.service.recognize(ink_for("1 + 2"), ink_version=0, beam_size=4).result(timeout=60)
+    assert window.service._model().prune is not None  # the app's default: pruned
 
 
 def test_a_greedy_preview_comes_first_then_the_beam_result(qtbot, make_window):

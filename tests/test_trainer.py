@@ -107,6 +107,10 @@ def test_hmer_eval_uses_tokenized_truths_without_captions(tmp_path, tiny_checkpo
     assert eval_main(["--data", str(tmp_path / "data"), "--split", "raw", "--checkpoint", str(tiny_checkpoint),
                       "--beam", "2", "--json", str(out)]) == 0  # fmt: skip
     assert json.loads(out.read_text())["exprate"] == 100.0
+    assert eval_main(["--data", str(tmp_path / "data"), "--split", "raw", "--checkpoint", str(tiny_checkpoint),
+                      "--beam", "2", "--prune", "5", "--json", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["exprate"] == 100.0 and report["prune"] == 5.0  # the app's search, recorded as such
 
 
 def test_hmer_eval_reports_a_bad_checkpoint(tmp_path, capsys):
@@ -283,6 +287,9 @@ def test_hmer_eval_refuses_alternatives_without_beam_search(tmp_path, capsys):
     with pytest.raises(SystemExit):
         eval_main(["--data", str(tmp_path), "--split", "x", "--beam", "0", "--alternatives", "5"])
     assert "--alternatives needs --beam" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_main(["--data", str(tmp_path), "--split", "x", "--prune", "0"])
+    assert "--prune must be a positive number" in capsys.readouterr().err
 
 
 def test_label_smoothing_softens_the_main_targets_and_reaches_the_training_step(tmp_path):

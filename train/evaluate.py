@@ -46,12 +46,14 @@ def evaluate_examples(
     show_progress: bool = True,
     alternatives: int = 1,
     well_formed: bool = True,
+    prune: float | None = None,
 ) -> dict[str, Any]:
     """Decode each expression alone (as the app does) and score it against its tokens.
 
     With `alternatives` k > 1 (beam search only), the report also gives how often the
     truth is among the first k readings of the n-best list the app offers. well_formed
-    False decodes without `model.syntax.SyntaxRules`, as the reference does."""
+    False decodes without `model.syntax.SyntaxRules`, as the reference does; `prune`
+    is the beam search's threshold (model.beam.beam_search_memory)."""
     if alternatives < 1 or (alternatives > 1 and beam <= 0):
         raise ValueError("alternatives needs beam search and must be at least 1")
     device = torch.device(device)
@@ -66,7 +68,7 @@ def evaluate_examples(
             limit = length_limit(len(ex.strokes))  # the same bound the app uses
             if beam > 0:
                 hyps = beam_search(model, imgs, masks, vocab, beam_size=beam, max_len=limit, nbest=alternatives,
-                                   well_formed=well_formed)[0]  # fmt: skip
+                                   well_formed=well_formed, prune=prune)[0]  # fmt: skip
                 readings = [vocab.decode(h.ids) for h in hyps]
             else:
                 readings = [vocab.decode(greedy_search(model, imgs, masks, vocab, max_len=limit,
@@ -105,12 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--free-syntax", action="store_true",
                         help="decode without the syntax rules (balanced braces, a group after ^ _ \\sqrt), "
                              "as the reference does")  # fmt: skip
+    parser.add_argument("--prune", type=float, metavar="NATS",
+                        help="drop beams trailing their direction's best by more than this (default: never)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json", dest="json_out", help="write the report as JSON here")
     args = parser.parse_args(argv)
     if args.alternatives < 1 or (args.alternatives > 1 and args.beam <= 0):
         parser.error("--alternatives needs --beam 1 or more, and must be at least 1")
+    if args.prune is not None and not args.prune > 0:
+        parser.error("--prune must be a positive number of nats")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     result = evaluate_examples(model, vocab, examples, args.beam, args.device,
                                unreadable=report.unreadable + [(n, "no label") for n in report.no_label],
-                               alternatives=args.alternatives, well_formed=not args.free_syntax)  # fmt: skip
+                               alternatives=args.alternatives, well_formed=not args.free_syntax, prune=args.prune)  # fmt: skip
     result = {"split": args.split, "checkpoint": str(path), "beam": args.beam, "syntax_rules": not args.free_syntax,
+              "prune": args.prune,
               "seconds": round(time.monotonic() - start, 2), **result}  # fmt: skip
     print(f"{args.split}: n={result['n']}  ExpRate {result['exprate']:.2f}%  <=1 {result['le1']:.2f}%  "
           f"<=2 {result['le2']:.2f}%  <=3 {result['le3']:.2f}%  ({result['seconds']:.0f} s, beam {args.beam})")  # fmt: skip

@@ -1,0 +1,78 @@
+"""Beam pruning: fewer rows to decode when one reading dominates, the same reading."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from model.beam import beam_search_memory
+from model.config import HMERConfig
+from model.hmer import HMER
+from model.vocab import Vocabulary
+
+VOCAB = Vocabulary.default()
+
+
+class _ConfidentDecoder:
+    """Every row of both directions reads `x` with a wide margin for three steps, then
+    stops; teacher forcing (the rescoring) says the same. Records the rows of each step."""
+
+    margin = 8.0
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def _logits(self, position: int) -> torch.Tensor:
+        logits = torch.zeros(len(VOCAB))
+        logits[VOCAB.tokens.index("x") if position < 3 else VOCAB.eos_id] = self.margin
+        return logits
+
+    def start(self, *args):
+        return types.SimpleNamespace(reorder=lambda index: None)
+
+    def step(self, state, last, need_aux):
+        self.rows.append(len(last))
+        return self._logits(len(self.rows) - 1).expand(len(last), -1), None, None
+
+    def __call__(self, memory, mem_mask, tgt, image_index):
+        logits = torch.stack([self._logits(p) for p in range(tgt.shape[1])])  # [t, V]
+        return logits.expand(tgt.shape[0], -1, -1), None, None
+
+
+def _search(decoder: _ConfidentDecoder, prune: float | None):
+    model = types.SimpleNamespace(decoder=decoder)
+    memory, mask = torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, dtype=torch.bool)
+    return beam_search_memory(model, memory, mask, VOCAB, beam_size=5, max_len=10, nbest=3, prune=prune)[0]
+
+
+def test_pruning_drops_the_beams_a_confident_reading_leaves_far_behind():
+    exact, pruned = _ConfidentDecoder(), _ConfidentDecoder()
+    full = _search(exact, None)
+    fast = _search(pruned, 4.0)
+    assert VOCAB.decode(full[0].ids) == VOCAB.decode(fast[0].ids) == ["x", "x", "x"]
+    assert fast[0].score == pytest.approx(full[0].score)
+    # Both directions (2 rows) at the first step; then every alternative trails by 8 nats
+    # and only each direction's best beam is decoded, where the exact search keeps 5.
+    assert exact.rows[1:] == [10] * (len(exact.rows) - 1)
+    assert pruned.rows == [2] * len(pruned.rows)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_threshold_no_beam_reaches_is_the_exact_search(seed):
+    torch.manual_seed(seed)
+    model = HMER(HMERConfig.tiny()).eval()
+    imgs = torch.rand(2, 1, 48, 96)
+    masks = torch.zeros(2, 48, 96, dtype=torch.bool)
+    masks[1, :, 64:] = True
+    with torch.no_grad():
+        memory, mem_mask = model.encode(imgs, masks)
+        full = beam_search_memory(model, memory, mem_mask, VOCAB, beam_size=5, max_len=12)
+        wide = beam_search_memory(model, memory, mem_mask, VOCAB, beam_size=5, max_len=12, prune=1e6)
+        tight = beam_search_memory(model, memory, mem_mask, VOCAB, beam_size=5, max_len=12, prune=0.5)
+    for image in range(2):
+        assert [(h.ids, h.direction) for h in wide[image]] == [(h.ids, h.direction) for h in full[image]]
+        assert [h.score for h in wide[image]] == pytest.approx([h.score for h in full[image]])
+        # a tight threshold still reads something, and finds no more than the exact search
+        assert tight[image] and len(tight[image]) <= len(full[image])
