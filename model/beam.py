@@ -76,8 +76,8 @@ def _search(
 ) -> list[_BeamGroup]:
     """Beam search of both directions for all images: groups 0..B-1 are l2r,
     groups B..2B-1 r2l. The batch holds at most beam_size rows per unfinished group
-    (dead beams leave it);
-    a group leaves it as soon as it is done (the reference kept decoding it).
+    (dead and pruned beams leave it), and a group leaves it as soon as it is done
+    (the reference kept decoding it).
     `decoder` (default: the model's) provides start()/step(); benchmarks pass
     a full-prefix re-decoder here to compare against, and a `group_type` that
     records what each group saw. well_formed: only readings that obey `SyntaxRules`.

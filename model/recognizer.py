@@ -64,10 +64,11 @@ def _encoder_threads(device: torch.device, threads: int) -> Iterator[None]:
 
 
 # Beam threshold (nats) of the app's search: a beam trailing its direction's best candidate by
-# more is dropped. Measured on the fifth release (beam 10): the same reading as the exact search
-# for 99.59% of CROHME 2014 and 99.39% of 2016, ExpRate 51.22 -> 51.22% and 52.66 -> 52.83%,
-# hmer-eval 26% faster on 2014; 3 nats changed 2.3-3.5% of the readings.
-DEFAULT_PRUNE = 5.0
+# more is dropped. Measured on the fifth release (beam 10): the exact search's reading for 985 of
+# 986 expressions of CROHME 2014 and 1,147 of 1,147 of 2016 (ExpRate unchanged), the truth among
+# the first five for 68.00% of 2016 (exact 68.09%), recognition p50 0.84x and mean 0.90x side by
+# side. 5 nats saved more on long ink (p95 0.85x) but lost 0.78 points of the first five.
+DEFAULT_PRUNE = 7.0
 
 
 class Recognizer:

@@ -1,4 +1,5 @@
-"""Small builders shared by tests: synthetic examples, a tiny training run."""
+"""Small builders shared by tests: synthetic examples, a tiny training run, a random
+model's encoding of two images."""
 
 from __future__ import annotations
 
@@ -46,3 +47,20 @@ def train_tiny(out: Path, expressions: list[str], max_steps: int = 250) -> Path:
 
 def vocab() -> Vocabulary:
     return Vocabulary.default()
+
+
+def random_tiny_encoding(seed: int):
+    """A random tiny model (eval mode) and its encoding of two random images, the second
+    padded on the right: (model, memory, mem_mask)."""
+    import torch
+
+    from model.hmer import HMER
+
+    torch.manual_seed(seed)
+    model = HMER(HMERConfig.tiny()).eval()
+    imgs = torch.rand(2, 1, 48, 96)
+    masks = torch.zeros(2, 48, 96, dtype=torch.bool)
+    masks[1, :, 64:] = True
+    with torch.no_grad():
+        memory, mem_mask = model.encode(imgs, masks)
+    return model, memory, mem_mask

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from model.beam import beam_search_memory
-from model.config import HMERConfig
-from model.hmer import HMER
 from model.vocab import Vocabulary
+from tests.helpers import random_tiny_encoding
 
 VOCAB = Vocabulary.default()
 
@@ -61,13 +60,8 @@ def test_pruning_drops_the_beams_a_confident_reading_leaves_far_behind():
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_threshold_no_beam_reaches_is_the_exact_search(seed):
-    torch.manual_seed(seed)
-    model = HMER(HMERConfig.tiny()).eval()
-    imgs = torch.rand(2, 1, 48, 96)
-    masks = torch.zeros(2, 48, 96, dtype=torch.bool)
-    masks[1, :, 64:] = True
+    model, memory, mem_mask = random_tiny_encoding(seed)
     with torch.no_grad():
-        memory, mem_mask = model.encode(imgs, masks)
         full = beam_search_memory(model, memory, mem_mask, VOCAB, beam_size=5, max_len=12)
         wide = beam_search_memory(model, memory, mem_mask, VOCAB, beam_size=5, max_len=12, prune=1e6)
         tight = beam_search_memory(model, memory, mem_mask, VOCAB, beam_size=5, max_len=12, prune=0.5)

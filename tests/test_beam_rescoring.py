@@ -6,21 +6,15 @@ import pytest
 import torch
 
 from model.beam import beam_search_memory
-from model.config import HMERConfig
-from model.hmer import HMER
 from model.vocab import Vocabulary
+from tests.helpers import random_tiny_encoding
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_top_n_equals_the_full_rescoring(seed):
-    torch.manual_seed(seed)
-    model = HMER(HMERConfig.tiny()).eval()
+    model, memory, mem_mask = random_tiny_encoding(seed)
     vocab = Vocabulary.default()
-    imgs = torch.rand(2, 1, 48, 96)
-    masks = torch.zeros(2, 48, 96, dtype=torch.bool)
-    masks[1, :, 64:] = True
     with torch.no_grad():
-        memory, mem_mask = model.encode(imgs, masks)
         full = beam_search_memory(model, memory, mem_mask, vocab, beam_size=5, max_len=12)
         for n in (1, 3):
             top = beam_search_memory(model, memory, mem_mask, vocab, beam_size=5, max_len=12, nbest=n)
