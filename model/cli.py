@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path", help="an .inkml file or an image (png, jpg, ...)")
     parser.add_argument("--checkpoint", help="model checkpoint (default: the bundled model)")
     parser.add_argument("--beam", type=int, default=10, help="beam size (1 = greedy)")
+    parser.add_argument("--exact", action="store_true",
+                        help="keep every beam, as the reference's search does (default: drop beams far behind the best)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--json", action="store_true", help="print the whole prediction (minus arrays) as JSON")
     args = parser.parse_args(argv)
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         if path.suffix.lower() not in IMAGE_SUFFIXES | {".inkml"}:
             raise ValueError(f"{path}: not an .inkml file or an image ({', '.join(sorted(IMAGE_SUFFIXES))})")
         recognizer = Recognizer.load(args.checkpoint, device=args.device)
+        recognizer.exact_search = args.exact
         if path.suffix.lower() == ".inkml":
             prediction = recognizer.recognize(read_inkml(path).traces, beam_size=args.beam)
         else:

@@ -168,9 +168,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_prints_latex_and_json(tmp_path, tiny_checkpoint):
     write_inkml(tmp_path / "e.inkml", ink_for("y - x = 1"), None)
-    done = _cli(str(tmp_path / "e.inkml"), "--checkpoint", str(tiny_checkpoint), "--beam", "3")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "y - x = 1"
+    for exact in ([], ["--exact"]):
+        done = _cli(str(tmp_path / "e.inkml"), "--checkpoint", str(tiny_checkpoint), "--beam", "3", *exact)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "y - x = 1"
     done = _cli(str(tmp_path / "e.inkml"), "--checkpoint", str(tiny_checkpoint), "--json")
     data = json.loads(done.stdout)
     assert data["latex"] == "y - x = 1" and "attention" not in data and data["attention_shape"][0] == 5
