@@ -66,14 +66,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Gloo can abort a process as it tears down (C++ threads still holding work at exit):
+# "terminate called without an active exception", SIGABRT, no Python traceback. Seen twice
+# in about fifty CI runs, once since the ranks wait for each other before leaving the group;
+# upstream: pytorch/pytorch#179291. Such a run is tried once more; any other failure, or
+# the abort twice (a real error would repeat), fails the test.
+_GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def test_ddp_with_two_gloo_processes(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-         str(REPO / "tests" / "ddp_worker.py"), str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    for attempt in range(2):
+        out = tmp_path / f"run{attempt}"
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+             str(REPO / "tests" / "ddp_worker.py"), str(out)],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if done.returncode == 0 or _GLOO_TEARDOWN_ABORT not in done.stderr:
+            break
     assert done.returncode == 0, done.stderr[-3000:]
-    _, _, meta = load_checkpoint(tmp_path / "last.pt")
+    _, _, meta = load_checkpoint(out / "last.pt")
     assert meta["world_size"] == 2 and meta["step"] == 6
 
 
