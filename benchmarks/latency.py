@@ -110,7 +110,10 @@ def baseline_recognize(rec: Recognizer, strokes, beam: int, max_len: int, refere
 def _threshold(text: str) -> float | None:
     if text.lower() == "none":
         return None
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
     if not value > 0:
         raise argparse.ArgumentTypeError("a beam threshold is a positive number of nats, or none")
     return value

@@ -52,8 +52,7 @@ def average(sources: list[str | Path], out: str | Path, half: bool = True) -> di
     # validation score belongs to one source, so each source's own record is kept apart.
     metas = [{k: v for k, v in m.items() if k != "train_config"} for m in metas]
     shared = {k: v for k, v in metas[0].items() if all(k in m and m[k] == v for m in metas[1:])}
-    meta = shipping_meta(shared, half, averaged_from=[str(s) for s in sources],
-                          sources=metas)  # fmt: skip
+    meta = shipping_meta(shared, half, averaged_from=[str(s) for s in sources], sources=metas)
     save_checkpoint(out, model, vocab, meta, half=half)
     return meta
 
