@@ -272,6 +272,9 @@ def test_max_epochs_on_the_command_line_overrides_the_config(monkeypatch, tmp_pa
     assert train_main(args + ["--num-workers", "7"]) == 0
     assert seen[-1].data.num_workers == 7 and seen[-1].data.pixel_budget == seen[0].data.pixel_budget
     assert train_main(args + ["--num-workers", "-1"]) == 2 and "--num-workers" in capsys.readouterr().err
+    # runs of one recipe that differ only in their seed, to be averaged
+    assert train_main(args + ["--seed", "41"]) == 0
+    assert seen[-1].loop.seed == 41 and seen[0].loop.seed != 41 and seen[-1].optim == seen[0].optim
 
 
 def test_hmer_eval_counts_a_truth_found_among_the_alternatives(tiny_checkpoint):

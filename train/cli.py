@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, help="override [loop] max_steps")
     parser.add_argument("--max-epochs", type=int, help="override [loop] max_epochs (a cosine schedule spans them)")
     parser.add_argument("--budget-minutes", type=float, help="override [loop] budget_minutes")
+    parser.add_argument("--seed", type=int, help="override [loop] seed (batches, augmentation draws, dropout): "
+                        "runs of one recipe from one start that differ only here can be averaged")
     parser.add_argument("--num-workers", type=int,
                         help="override [data] num_workers (two runs sharing one machine split its cores)")
     args = parser.parse_args(argv)
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["max_epochs"] = args.max_epochs
     if args.budget_minutes is not None:
         overrides["budget_minutes"] = args.budget_minutes
+    if args.seed is not None:
+        overrides["seed"] = args.seed
     if overrides:
         cfg = replace(cfg, loop=replace(cfg.loop, **overrides))
     if args.num_workers is not None:

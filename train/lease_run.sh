@@ -4,7 +4,7 @@
 # (environment, the run's output and its train.log). Four files, so that two runs
 # fit the eight files a lease brings back.
 #
-#   [WORKERS=N] train/lease_run.sh DATA.tar.xz OUT_DIR CONFIG BUDGET_MINUTES [INIT_CHECKPOINT]
+#   [WORKERS=N] [SEED=N] train/lease_run.sh DATA.tar.xz OUT_DIR CONFIG BUDGET_MINUTES [INIT_CHECKPOINT]
 #
 # Two runs can share one machine (`... & ... & wait`, WORKERS splitting the cores):
 # each unpacks and trains in its own temporary folders, named after OUT_DIR.
@@ -28,7 +28,7 @@ RUN=/tmp/lease_run_$NAME
 # the budget; the hard stop leaves them 90 s, so that the exports below still run. Pick BUDGET so that it plus 2 minutes fits
 # the machine's limit per command (7.5 for 10 minutes).
 timeout $(awk "BEGIN { print int($BUDGET * 60) + 90 }") python3 -m train.cli --config "$CONFIG" --data "/tmp/lease_data_$NAME/crohme" \
-    --out $RUN --budget-minutes "$BUDGET" ${INIT:+--init "$INIT"} ${WORKERS:+--num-workers "$WORKERS"} > $RUN.console 2>&1
+    --out $RUN --budget-minutes "$BUDGET" ${INIT:+--init "$INIT"} ${WORKERS:+--num-workers "$WORKERS"} ${SEED:+--seed "$SEED"} > $RUN.console 2>&1
 echo "train exit $?" >> "$LOG"
 tr '\r' '\n' < $RUN.console | grep -v "it/s\]$" | tail -c 20000 >> "$LOG"  # tqdm redraws dropped
 for f in best last; do
