@@ -168,6 +168,17 @@ def test_every_shipped_config_loads_and_names_a_known_schedule(path):
     assert cfg.optim.name in {"sgd", "adamw"} and cfg.optim.lr > 0
 
 
+def test_a_negative_seed_in_a_config_is_refused_when_it_loads(tmp_path):
+    from train.config import TrainConfig
+
+    # numpy's generators (batch order, augmentation) take no negative seed: the run would
+    # otherwise fail in a loader worker after the data was read
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[model]\npreset = "small"\n[loop]\nseed = -3\n')
+    with pytest.raises(ValueError, match=r"\[loop\] seed must be 0 or more, not -3"):
+        TrainConfig.load(bad)
+
+
 def test_time_budget_decays_the_cosine_schedule_and_stops_the_run(tmp_path):
     examples = synthetic_examples(SYNTHETIC_EXPRESSIONS)
     cfg = tiny_train_config(max_steps=0, budget_minutes=0.5 / 60)
@@ -275,6 +286,7 @@ def test_max_epochs_on_the_command_line_overrides_the_config(monkeypatch, tmp_pa
     # runs of one recipe that differ only in their seed, to be averaged
     assert train_main(args + ["--seed", "41"]) == 0
     assert seen[-1].loop.seed == 41 and seen[0].loop.seed != 41 and seen[-1].optim == seen[0].optim
+    assert train_main(args + ["--seed", "-1"]) == 2 and "--seed" in capsys.readouterr().err
 
 
 def test_hmer_eval_counts_a_truth_found_among_the_alternatives(tiny_checkpoint):

@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget_minutes is not None:
         overrides["budget_minutes"] = args.budget_minutes
     if args.seed is not None:
+        if args.seed < 0:
+            print("hmer-train: --seed must be 0 or more", file=sys.stderr)
+            return 2
         overrides["seed"] = args.seed
     if overrides:
         cfg = replace(cfg, loop=replace(cfg.loop, **overrides))

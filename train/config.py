@@ -74,6 +74,10 @@ class LoopConfig:
     ema_decay: float = 0.0  # exponential moving average of weights, 0 = off
     final_beam: int = 10  # beam size of the evaluation at the end (0 = skip)
 
+    def __post_init__(self) -> None:
+        if self.seed < 0:  # numpy's generators, which draw the batches and augmentation, take none
+            raise ValueError(f"[loop] seed must be 0 or more, not {self.seed}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
