@@ -51,25 +51,43 @@ class SyntaxState:
 
 
 class SyntaxRules:
-    """Masks next-token log-probabilities so that finished readings are well formed."""
+    """Masks next-token log-probabilities so that finished readings are well formed.
+
+    Every rule depends only on the row's direction, its last token and whether a group
+    is open, so the masks are precomputed tables and a search step costs a few
+    lookups (it ran on every step of every beam: 49 small tensor operations before)."""
 
     def __init__(self, vocab: Vocabulary, device: torch.device | str = "cpu") -> None:
-        def ids(*tokens: str) -> Tensor:
-            return torch.tensor([vocab.encode([t])[0] for t in tokens if t in vocab], dtype=torch.long, device=device)
+        def ids(*tokens: str) -> list[int]:
+            return [vocab.encode([t])[0] for t in tokens if t in vocab]
 
         self.enabled = "{" in vocab and "}" in vocab
         if not self.enabled:  # a vocabulary without groups: nothing to keep balanced
             return
-        self.open, self.close = (int(i) for i in ids("{", "}"))
-        self.stops = torch.tensor([vocab.pad_id, vocab.sos_id, vocab.eos_id], device=device)
         v = len(vocab)
-        # (tokens, what must come right after them left to right, as a [V] "forbidden" row)
-        self.followers: list[tuple[Tensor, Tensor]] = []
+        (opener,), (closer,) = ids("{"), ids("}")
+        stops = [vocab.pad_id, vocab.sos_id, vocab.eos_id]
+        # after[d, last, next]: `next` may not follow `last` in a row reading in direction d
+        # (0 left to right, 1 right to left)
+        after = torch.zeros(2, v, v, dtype=torch.bool)
         for tokens, allowed in ((ids("^", "_"), ids("{")), (ids("\\sqrt"), ids("{", "["))):
-            if len(tokens):
-                forbidden = torch.ones(v, dtype=torch.bool, device=device)
-                forbidden[allowed] = False
-                self.followers.append((tokens, forbidden))
+            if not tokens:
+                continue
+            not_allowed = torch.ones(v, dtype=torch.bool)
+            not_allowed[allowed] = False
+            after[0, tokens] |= not_allowed  # left to right: after a script only `{`, after a root `{` or `[`
+            # right to left the same pairs read backwards: the token only right after one it allows
+            after[1][:, tokens] |= not_allowed[:, None]
+        # by_depth[d, open, next]: open = 0 when no group is open (nothing to close), 1 when
+        # one is (no stopping)
+        by_depth = torch.zeros(2, 2, v, dtype=torch.bool)
+        by_depth[0, 0, closer] = by_depth[1, 0, opener] = True
+        by_depth[:, 1, stops] = True
+        # depth_change[d, token]: +1 opens a group, -1 closes one
+        depth_change = torch.zeros(2, v, dtype=torch.long)
+        depth_change[0, opener] = depth_change[1, closer] = 1
+        depth_change[0, closer] = depth_change[1, opener] = -1
+        self.after, self.by_depth, self.depth_change = after.to(device), by_depth.to(device), depth_change.to(device)
 
     def start(self, reverse: Tensor) -> SyntaxState:
         """reverse [n] bool: which rows read right to left."""
@@ -80,26 +98,13 @@ class SyntaxRules:
         that would break a rule; a new tensor."""
         if not self.enabled:
             return scores
-        n, v = scores.shape
-        dev = scores.device
-        forward, reverse = ~state.reverse, state.reverse
-        forbid = torch.zeros(n, v, dtype=torch.bool, device=dev)
-        closer = torch.where(reverse, self.open, self.close)  # [n]
-        forbid[torch.arange(n, device=dev), closer] = state.depth == 0  # nothing to close
-        forbid[:, self.stops] |= (state.depth > 0)[:, None]  # a group is still open
-        for tokens, forbidden in self.followers:
-            # left to right: after a script only `{`, after a root only `{` or `[`
-            forbid |= (forward & torch.isin(last, tokens))[:, None] & forbidden[None, :]
-            # right to left the same pairs read backwards: the token only right after one it allows
-            may_precede = ~forbidden[last]  # [n]: `last` may follow these tokens in l2r order
-            forbid[:, tokens] |= (reverse & ~may_precede)[:, None]
+        direction = state.reverse.long()  # [n]
+        forbid = self.after[direction, last] | self.by_depth[direction, (state.depth > 0).long()]  # [n, V]
         return scores.masked_fill(forbid, float("-inf"))
 
     def advance(self, state: SyntaxState, tokens: Tensor) -> SyntaxState:
         """The state after each row appended `tokens` [n]."""
         if not self.enabled:
             return state
-        opener = torch.where(state.reverse, self.close, self.open)
-        closer = torch.where(state.reverse, self.open, self.close)
-        depth = state.depth + (tokens == opener).long() - (tokens == closer).long()
+        depth = state.depth + self.depth_change[state.reverse.long(), tokens]
         return SyntaxState(depth.clamp(min=0), state.reverse)

@@ -74,6 +74,58 @@ def test_right_to_left_rows_obey_the_mirrored_rules():
     assert rules.mask(fresh, last[:1], torch.zeros(1, len(VOCAB)))[0, ids["{"]] == float("-inf")
 
 
+def _allowed_in_words(prefix: list[str], reverse: bool) -> set[str]:
+    """The rules spelled out token by token: what may come next after `prefix` (in
+    reading order; right-to-left rows read the caption backwards)."""
+    depth = 0
+    for t in prefix:
+        if t == ("}" if reverse else "{"):
+            depth += 1
+        elif t == ("{" if reverse else "}"):
+            depth = max(0, depth - 1)
+    last = prefix[-1] if prefix else ("<eos>" if reverse else "<sos>")
+    allowed = set()
+    for t in VOCAB.tokens:
+        if t == ("{" if reverse else "}") and depth == 0:
+            continue  # nothing to close
+        if t in ("<pad>", "<sos>", "<eos>") and depth > 0:
+            continue  # a group is still open
+        if reverse:  # t will stand right before `last` in the caption
+            if t in ("^", "_") and last != "{" or t == "\\sqrt" and last not in ("{", "["):
+                continue
+        elif last in ("^", "_") and t != "{" or last == "\\sqrt" and t not in ("{", "["):
+            continue
+        allowed.add(t)
+    return allowed
+
+
+def test_the_masks_are_the_rules_in_words_on_random_rows():
+    # Random walks through what the masks allow, both directions, against the rules
+    # written out token by token: any wrong entry of the precomputed tables shows up.
+    rules = SyntaxRules(VOCAB)
+    gen = torch.Generator().manual_seed(0)
+    ink = ["{", "}", "^", "_", "\\sqrt", "[", "]", "x", "2", "\\frac", "<eos>", "<sos>"]
+    weights = torch.ones(len(VOCAB))
+    for t in ink:
+        weights[VOCAB.tokens.index(t)] = 40.0  # mostly the tokens the rules are about
+    rows, reverse = 64, torch.arange(64) % 2 == 1
+    state = rules.start(reverse)
+    last = torch.tensor([VOCAB.eos_id if r else VOCAB.sos_id for r in reverse.tolist()])
+    prefixes: list[list[str]] = [[] for _ in range(rows)]
+    checked = 0
+    for _ in range(12):
+        allowed = rules.mask(state, last, torch.zeros(rows, len(VOCAB))) > float("-inf")
+        for i in range(rows):
+            got = {VOCAB.tokens[j] for j in allowed[i].nonzero().flatten().tolist()}
+            assert got == _allowed_in_words(prefixes[i], bool(reverse[i])), (prefixes[i], bool(reverse[i]))
+            checked += 1
+        pick = torch.multinomial(allowed.float() * weights, 1, generator=gen).flatten()
+        for i, j in enumerate(pick.tolist()):
+            prefixes[i].append(VOCAB.tokens[j])
+        state, last = rules.advance(state, pick), pick
+    assert checked == 12 * rows and any(p.count("^") for p in prefixes) and any(p.count("\\sqrt") for p in prefixes)
+
+
 def test_every_beam_reading_is_well_formed_in_both_directions():
     # The same preferences at every step, for every row of both directions: a script, then
     # closing a group, stopping, opening a group; freely, every reading breaks a rule.
