@@ -286,7 +286,7 @@ def test_max_epochs_on_the_command_line_overrides_the_config(monkeypatch, tmp_pa
     # runs of one recipe that differ only in their seed, to be averaged
     assert train_main(args + ["--seed", "41"]) == 0
     assert seen[-1].loop.seed == 41 and seen[0].loop.seed != 41 and seen[-1].optim == seen[0].optim
-    assert train_main(args + ["--seed", "-1"]) == 2 and "--seed" in capsys.readouterr().err
+    assert train_main(args + ["--seed", "-1"]) == 2 and "seed must be 0 or more, not -1" in capsys.readouterr().err
 
 
 def test_hmer_eval_counts_a_truth_found_among_the_alternatives(tiny_checkpoint):

@@ -123,12 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget_minutes is not None:
         overrides["budget_minutes"] = args.budget_minutes
     if args.seed is not None:
-        if args.seed < 0:
-            print("hmer-train: --seed must be 0 or more", file=sys.stderr)
-            return 2
         overrides["seed"] = args.seed
-    if overrides:
+    try:
         cfg = replace(cfg, loop=replace(cfg.loop, **overrides))
+    except ValueError as e:  # the config's own checks (a negative --seed)
+        print(f"hmer-train: {e} (set on the command line)", file=sys.stderr)
+        return 2
     if args.num_workers is not None:
         if args.num_workers < 0:
             print("hmer-train: --num-workers must be 0 or more", file=sys.stderr)
