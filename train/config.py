@@ -28,11 +28,14 @@ class DataConfig:
     num_workers: int = 0  # rendering processes; 0 renders in the training process
     shape_multiple: int = 1  # pad image sides to a multiple of this (GPU: reuse cuDNN's per-shape set-up)
     length_multiple: int = 1  # pad target lengths to a multiple of this (same reason: the ARM's convs)
+    composed: int = 0  # add this many expressions made of two training ones side by side (train/compose.py)
 
     def __post_init__(self) -> None:
         for name in ("pixel_budget", "max_batch", "shape_multiple", "length_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"[data] {name} must be at least 1, not {getattr(self, name)}")
+        if self.composed < 0:
+            raise ValueError(f"[data] composed must be 0 or more, not {self.composed}")
 
 
 @dataclass(frozen=True)

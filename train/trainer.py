@@ -32,6 +32,7 @@ from model.hmer import HMER
 from model.recognizer import length_limit
 from model.vocab import Vocabulary
 from train.config import TrainConfig
+from train.compose import composed_examples
 from train.data import Batch, Example, InkDataset, collate, load_split, nominal_size, size_batches
 from train.distributed import DistInfo, all_sum, barrier, init_distributed, shutdown
 from train.metrics import ExpRateCounter
@@ -118,6 +119,10 @@ class Trainer:
             log.info("validation (%s): %d expressions", cfg.data.val_split, len(val_examples))
         if not train_examples:
             raise ValueError(f"no training expressions found in {self.data_dir}")
+        if cfg.data.composed:
+            composed = composed_examples(train_examples, cfg.data.composed, cfg.model.raster, cfg.loop.seed)
+            log.info("composed: %d expressions written side by side from two training ones", len(composed))
+            train_examples = train_examples + composed
         self.train_set = InkDataset(train_examples, self.vocab, cfg.model.raster, cfg.augment, seed=cfg.loop.seed)
         self.val_examples = val_examples or []
         self.sizes = [nominal_size(e.strokes, cfg.model.raster) for e in train_examples]
