@@ -61,8 +61,6 @@ def composed_examples(
     if count <= 0 or len(examples) < 2:
         return []
     rng = np.random.default_rng([seed, 1729])
-    inner_w = raster.max_w - 2 * raster.pad_px - 1
-    inner_h = raster.max_h - 2 * raster.pad_px - 1
     out: list[Example] = []
     for _ in range(count * 20):  # draws that do not fit are redrawn, within a bound
         if len(out) == count:
@@ -73,10 +71,7 @@ def composed_examples(
             continue
         pair = side_by_side(a, b, float(rng.uniform(*gap)))
         transform, _, _ = layout(pair.strokes, raster)
-        points = np.concatenate(pair.strokes)
-        span = points.max(axis=0) - points.min(axis=0)
-        natural = raster.symbol_px / symbol_size(pair.strokes)
-        if transform.scale < natural * 0.999 or span[0] * natural > inner_w or span[1] * natural > inner_h:
-            continue  # it would be shrunk to fit: not what a person's long ink looks like
+        if transform.scale < raster.symbol_px / symbol_size(pair.strokes) * 0.999:
+            continue  # the rasterizer would shrink it to fit: not what a person's long ink looks like
         out.append(pair)
     return out
