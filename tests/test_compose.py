@@ -1,4 +1,4 @@
-"""Composed training expressions: two real ones written side by side."""
+"""Composed training expressions: two real ones written side by side or as a fraction."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from model.config import RasterConfig
 from model.rasterize import layout, symbol_size
 from tests.helpers import synthetic_examples, tiny_train_config
-from train.compose import _main_line, composed_examples, side_by_side
+from train.compose import _main_line, as_fraction, composed_examples, side_by_side
 from train.config import DataConfig
 from train.data import Example
 
@@ -66,6 +66,45 @@ def test_no_pair_is_made_when_none_would_fit():
     assert composed_examples(examples, 5, narrow, seed=0) == []
     assert composed_examples(examples[:1], 5, RasterConfig(), seed=0) == []
     assert composed_examples(examples, 0, RasterConfig(), seed=0) == []
+
+
+def test_a_fraction_writes_the_first_expression_over_a_bar_and_the_second_under_it():
+    a, b = synthetic_examples(["a + b = 3", "x ^ { 2 }"])
+    b = _scaled(b, 0.01, (55.0, -40.0))  # other units and another place: must not matter
+    pair = as_fraction(a, b, gap=0.3, overhang=0.2)
+    assert pair.tokens == ["\\frac", "{", *a.tokens, "}", "{", *b.tokens, "}"]
+    assert pair.writer is None and a.id in pair.id and b.id in pair.id
+    first, bar, second = pair.strokes[: len(a.strokes)], pair.strokes[len(a.strokes)], pair.strokes[len(a.strokes) + 1:]
+    for mine, theirs in zip(first, a.strokes):  # A is untouched
+        np.testing.assert_array_equal(mine, theirs)
+    size = symbol_size(a.strokes)
+    assert symbol_size(second) == pytest.approx(size)
+    top, under = np.concatenate(first), np.concatenate(second)
+    assert np.ptp(bar[:, 1]) == 0  # one horizontal stroke
+    assert bar[0, 1] - top[:, 1].max() == pytest.approx(0.3 * size)  # y grows downwards: A above the bar
+    assert under[:, 1].min() - bar[0, 1] == pytest.approx(0.3 * size)  # and B below it
+    wider = max(np.ptp(top[:, 0]), np.ptp(under[:, 0]))
+    assert np.ptp(bar[:, 0]) == pytest.approx(wider + 0.4 * size)
+    for part in (top, under):  # both centred on the bar
+        assert (part[:, 0].min() + part[:, 0].max()) / 2 == pytest.approx(bar[:, 0].mean())
+
+
+def test_a_share_of_the_composed_expressions_are_fractions_and_the_rest_keep_their_pairs():
+    examples = synthetic_examples(EXPRESSIONS)
+    raster = RasterConfig(max_h=256, max_w=1024)
+    side_only = composed_examples(examples, 40, raster, seed=3, max_tokens=20)
+    assert composed_examples(examples, 40, raster, seed=3, max_tokens=20, fractions=0.0)[0].id == side_only[0].id
+    mixed = composed_examples(examples, 40, raster, seed=3, max_tokens=20, fractions=0.5)
+    fractions = [p for p in mixed if p.tokens[0] == "\\frac" and p.tokens.count("{") > 2]
+    assert len(mixed) == 40 and 8 <= len(fractions) <= 32
+    for pair in fractions:
+        assert len(pair.tokens) <= 20
+        transform, _, _ = layout(pair.strokes, raster)
+        assert transform.scale == pytest.approx(raster.symbol_px / symbol_size(pair.strokes))  # not shrunk to fit
+    all_fractions = composed_examples(examples, 10, raster, seed=3, max_tokens=20, fractions=1.0)
+    assert all(" over " in p.source for p in all_fractions)
+    with pytest.raises(ValueError, match="share of fractions"):
+        composed_examples(examples, 10, raster, seed=3, fractions=1.5)
 
 
 def test_the_trainer_adds_the_composed_expressions_to_its_training_set(tmp_path):

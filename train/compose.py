@@ -1,4 +1,4 @@
-"""New training expressions made by writing two real ones side by side.
+"""New training expressions made from two real ones: side by side, or one over the other as a fraction.
 
 CROHME's 8,835 training expressions hold only 4,822 distinct formulas and almost no
 test formula is among them, so a model can learn formulas by heart; and long
@@ -6,6 +6,8 @@ expressions are where it reads worst (it drops symbols). Writing expression B to
 the right of expression A, at A's symbol size and on A's main line, makes a
 formula the data never had, from real ink, whose caption is A's tokens then B's:
 juxtaposition is valid LaTeX, and every token stays where the rules allow it.
+Writing A over B with a bar between them makes `\frac { A } { B }`: the 2-D
+structure the model must place whole expressions in, with more ink per caption.
 """
 
 from __future__ import annotations
@@ -47,6 +49,33 @@ def side_by_side(a: Example, b: Example, gap: float) -> Example:
     )
 
 
+def as_fraction(a: Example, b: Example, gap: float, overhang: float) -> Example:
+    """A over B as a fraction: B scaled to A's symbol size, both centred on a straight
+    bar `overhang` symbol sizes longer than the wider of them on each side, each `gap`
+    symbol sizes from it; in A's ink units. The bar is one stroke, as a person draws it."""
+    sa, sb = clean_strokes(a.strokes), clean_strokes(b.strokes)
+    size = symbol_size(sa)
+    sb = [s * (size / symbol_size(sb)) for s in sb]
+
+    def box(strokes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        points = np.concatenate(strokes)
+        return points.min(axis=0), points.max(axis=0)
+
+    (a_low, a_high), (b_low, b_high) = box(sa), box(sb)
+    half_width = max(a_high[0] - a_low[0], b_high[0] - b_low[0]) / 2 + overhang * size
+    centre_x = (a_low[0] + a_high[0]) / 2
+    bar_y = a_high[1] + gap * size  # y grows downwards, as in InkML and on screen
+    sb = [s + np.array([centre_x - (b_low[0] + b_high[0]) / 2, bar_y + gap * size - b_low[1]]) for s in sb]
+    bar = np.stack([np.linspace(centre_x - half_width, centre_x + half_width, 8), np.full(8, bar_y)], axis=1)
+    return Example(
+        id=f"{a.id}/{b.id}",
+        strokes=sa + [bar] + sb,
+        tokens=["\\frac", "{", *a.tokens, "}", "{", *b.tokens, "}"],
+        writer=None,
+        source=f"composed: {a.source or a.id} over {b.source or b.id}",
+    )
+
+
 def composed_examples(
     examples: list[Example],
     count: int,
@@ -54,10 +83,15 @@ def composed_examples(
     seed: int,
     max_tokens: int = 64,
     gap: tuple[float, float] = (0.6, 1.4),
+    fractions: float = 0.0,
+    fraction_gap: tuple[float, float] = (0.15, 0.5),
 ) -> list[Example]:
-    """`count` side-by-side pairs of random `examples`, drawn with `seed`, each fitting
-    the raster at its nominal symbol size (so none is shrunk) and at most `max_tokens`
-    long. Fewer when the examples cannot make that many (e.g. all too long)."""
+    """`count` pairs of random `examples`, drawn with `seed`, each fitting the raster at
+    its nominal symbol size (so none is shrunk) and at most `max_tokens` long: a share
+    `fractions` of them written as fractions, the rest side by side. Fewer when the
+    examples cannot make that many (e.g. all too long)."""
+    if not 0.0 <= fractions <= 1.0:
+        raise ValueError(f"the share of fractions must be in [0, 1], not {fractions}")
     if count <= 0 or len(examples) < 2:
         return []
     rng = np.random.default_rng([seed, 1729])
@@ -67,9 +101,15 @@ def composed_examples(
             break
         i, j = rng.choice(len(examples), size=2, replace=False)
         a, b = examples[int(i)], examples[int(j)]
-        if len(a.tokens) + len(b.tokens) > max_tokens:
+        # Drawn only when asked for, so that side-by-side runs keep their pairs from a seed.
+        if fractions > 0 and rng.random() < fractions:
+            if len(a.tokens) + len(b.tokens) + 5 > max_tokens:
+                continue
+            pair = as_fraction(a, b, float(rng.uniform(*fraction_gap)), float(rng.uniform(0.05, 0.3)))
+        elif len(a.tokens) + len(b.tokens) > max_tokens:
             continue
-        pair = side_by_side(a, b, float(rng.uniform(*gap)))
+        else:
+            pair = side_by_side(a, b, float(rng.uniform(*gap)))
         transform, _, _ = layout(pair.strokes, raster)
         if transform.scale < raster.symbol_px / symbol_size(pair.strokes) * 0.999:
             continue  # the rasterizer would shrink it to fit: not what a person's long ink looks like

@@ -29,6 +29,7 @@ class DataConfig:
     shape_multiple: int = 1  # pad image sides to a multiple of this (GPU: reuse cuDNN's per-shape set-up)
     length_multiple: int = 1  # pad target lengths to a multiple of this (same reason: the ARM's convs)
     composed: int = 0  # add this many expressions made of two training ones side by side (train/compose.py)
+    composed_fractions: float = 0.0  # the share of those written as a fraction, one over the other
 
     def __post_init__(self) -> None:
         for name in ("pixel_budget", "max_batch", "shape_multiple", "length_multiple"):
@@ -36,6 +37,8 @@ class DataConfig:
                 raise ValueError(f"[data] {name} must be at least 1, not {getattr(self, name)}")
         if self.composed < 0:
             raise ValueError(f"[data] composed must be 0 or more, not {self.composed}")
+        if not 0.0 <= self.composed_fractions <= 1.0:
+            raise ValueError(f"[data] composed_fractions must be in [0, 1], not {self.composed_fractions}")
 
 
 @dataclass(frozen=True)

@@ -120,8 +120,10 @@ class Trainer:
         if not train_examples:
             raise ValueError(f"no training expressions found in {self.data_dir}")
         if cfg.data.composed:
-            composed = composed_examples(train_examples, cfg.data.composed, cfg.model.raster, cfg.loop.seed)
-            log.info("composed: %d expressions written side by side from two training ones", len(composed))
+            composed = composed_examples(train_examples, cfg.data.composed, cfg.model.raster, cfg.loop.seed,
+                                         fractions=cfg.data.composed_fractions)  # fmt: skip
+            log.info("composed: %d expressions from two training ones (%d of them as fractions)",
+                     len(composed), sum(" over " in (c.source or "") for c in composed))  # fmt: skip
             train_examples = train_examples + composed
         self.train_set = InkDataset(train_examples, self.vocab, cfg.model.raster, cfg.augment, seed=cfg.loop.seed)
         self.val_examples = val_examples or []
