@@ -3,6 +3,7 @@ and a cancel switch; torch and the trainer are imported inside the worker."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -10,7 +11,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from hmer_desktop.service import RecognitionService
 from train.samples import SampleStore
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def thread_split(cores: int) -> tuple[int, int]:
+    """Intra-op threads for (fine-tuning, recognition) while both run on `cores` CPUs.
+
+    Each side asking for every core oversubscribes the CPU: a parallel operation then
+    waits at its barrier for a thread that is not running. On 2 cores, recognition
+    beside a fine-tune took many times its time alone with both at the default
+    (benchmarks/recognize_while_finetuning.py; the README has the figures)."""
+    recognize = max(1, cores // 2)
+    return max(1, cores - recognize), recognize
 
 
 @dataclass(frozen=True)
@@ -33,9 +51,10 @@ class FinetuneJob:
 
 
 class FinetuneService:
-    def __init__(self, store: SampleStore, models_dir: Path) -> None:
+    def __init__(self, store: SampleStore, models_dir: Path, recognition: RecognitionService | None = None) -> None:
         self.store = store
         self.models_dir = models_dir
+        self.recognition = recognition  # given: it keeps to its share of the CPU while a job runs
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hmer-finetune")
         self._jobs: list[FinetuneJob] = []
 
@@ -53,7 +72,7 @@ class FinetuneService:
         cancel = threading.Event()
         parent = self.store.active_model()
 
-        def run():
+        def work():
             from train.data import Example, load_split
             from train.finetune import FinetuneConfig, finetune
 
@@ -77,6 +96,21 @@ class FinetuneService:
             if report.output:
                 version = self.store.add_model(report.output, parent, report.to_dict(), note=f"from {base.name}")
             return report, version
+
+        def run():
+            import torch
+
+            finetune_threads, recognize_threads = thread_split(cpu_count())
+            before = torch.get_num_threads()
+            torch.set_num_threads(finetune_threads)  # this worker's own pool
+            if self.recognition is not None:
+                self.recognition.threads = recognize_threads
+            try:
+                return work()
+            finally:
+                torch.set_num_threads(before)
+                if self.recognition is not None:
+                    self.recognition.threads = 0
 
         job = FinetuneJob(self._executor.submit(run), cancel)
         self._jobs.append(job)

@@ -66,7 +66,7 @@ class MainWindow(QMainWindow):
         self.document = InkDocument()
         self.samples = sample_store or SampleStore(data_dir() / "samples.db")
         self.finetuning = FinetuneService(self.samples, data_dir() / "models" if sample_store is None
-                                          else Path(self.samples.path).parent / "models")  # fmt: skip
+                                          else Path(self.samples.path).parent / "models", self.service)  # fmt: skip
         self.prediction: Prediction | None = None
         self.image_input: np.ndarray | None = None  # set while showing an opened image instead of ink
         self.pending = 0  # requests in flight

@@ -27,6 +27,7 @@ class Superseded(Exception):
 class RecognizerLike(Protocol):
     device: Any
     exact_search: bool  # False: the beam search drops beams far behind the best
+    threads: int  # at most this many intra-op threads per recognition (0: torch's default)
 
     def recognize(self, strokes: list[np.ndarray], beam_size: int = 10) -> Prediction: ...
 
@@ -63,6 +64,7 @@ class RecognitionService:
         self._lock = threading.Lock()
         self._latest = 0
         self.exact_search = False  # read by each request when it starts
+        self.threads = 0  # likewise; lowered while a fine-tune shares the CPU (finetune_service.thread_split)
 
     @property
     def checkpoint(self) -> Path | None:
@@ -102,6 +104,7 @@ class RecognitionService:
                 raise Superseded()
             rec = self._model()
             rec.exact_search = self.exact_search
+            rec.threads = self.threads
             start = time.perf_counter()
             prediction = work(rec)
             return Result(request_id, ink_version, prediction, (time.perf_counter() - start) * 1000,

@@ -50,7 +50,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 @contextlib.contextmanager
-def _encoder_threads(device: torch.device, threads: int) -> Iterator[None]:
+def _intra_op_threads(device: torch.device, threads: int) -> Iterator[None]:
     """Run a block with `threads` intra-op threads on CPU (0: leave as is)."""
     before = torch.get_num_threads()
     if device.type != "cpu" or threads <= 0 or threads >= before:
@@ -93,6 +93,10 @@ class Recognizer:
         # threads costs more than it gains (measured on 2 cores: encode p50 23 -> 14 ms with 1
         # thread), while the beam search's batched steps still gain from all threads.
         self.encoder_threads = 1
+        # At most this many threads for a whole recognition (0: torch's default). The app lowers
+        # it while a fine-tune trains beside it, so that the two never ask for more threads than
+        # the CPU has (see hmer_desktop.finetune_service.thread_split).
+        self.threads = 0
         self._lock = threading.Lock()  # one decode at a time per model
         self._last_encoding: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -152,7 +156,7 @@ class Recognizer:
         )
         if self._last_encoding is not None and self._last_encoding[0] == key:
             return self._last_encoding[1]
-        with _encoder_threads(self.device, self.encoder_threads):
+        with _intra_op_threads(self.device, self.encoder_threads):
             encoding = self.model.encode(imgs, masks)
         self._last_encoding = (key, encoding)
         return encoding
@@ -167,7 +171,7 @@ class Recognizer:
         self, image: np.ndarray, ink_to_image: np.ndarray | None, beam_size: int, timings: dict[str, float],
         max_len: int,
     ) -> Prediction:  # fmt: skip
-        with self._lock:
+        with self._lock, _intra_op_threads(self.device, self.threads):
             imgs = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.device)
             if self.device.type == "cpu":
                 imgs = imgs.contiguous(memory_format=torch.channels_last)

@@ -119,6 +119,34 @@ def test_recognition_leaves_the_thread_setting_as_it_found_it(recognizer, monkey
         torch.set_num_threads(before)
 
 
+def test_a_thread_cap_holds_for_the_whole_recognition_and_is_lifted_after(recognizer, monkeypatch):
+    # While a fine-tune trains beside it, the app caps recognition's threads (the search's
+    # steps included), so that the two never ask for more threads than the CPU has.
+    import torch
+
+    from model import beam
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+    search = beam.beam_search_memory
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr("model.recognizer.beam_search_memory", spy)
+    try:
+        recognizer.threads = 1
+        recognizer.recognize(ink_for(SYNTHETIC_EXPRESSIONS[0]), beam_size=3)
+        recognizer.threads = 0
+        recognizer.recognize(ink_for(SYNTHETIC_EXPRESSIONS[1]), beam_size=3)
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        recognizer.threads = 0
+        torch.set_num_threads(before)
+
+
 def test_ink_to_image_map_matches_the_rasterizer(recognizer):
     strokes = ink_for("1 + 2", size=5.0)
     pred = recognizer.recognize(strokes, beam_size=3)

@@ -137,6 +137,38 @@ def test_cancel_leaves_nothing_written(tmp_path, tiny_checkpoint):
     assert report.steps == 3
 
 
+@pytest.mark.parametrize("cores", range(1, 17))
+def test_a_finetune_and_recognition_split_the_cpu_between_them(cores):
+    from hmer_desktop.finetune_service import thread_split
+
+    finetune_threads, recognize_threads = thread_split(cores)
+    assert finetune_threads >= 1 and recognize_threads >= 1
+    assert finetune_threads + recognize_threads <= max(cores, 2)
+
+
+def test_recognition_keeps_to_its_share_while_the_app_fine_tunes(tmp_path, tiny_checkpoint, monkeypatch):
+    import torch
+
+    from hmer_desktop import finetune_service
+    from hmer_desktop.finetune_service import FinetuneService
+    from hmer_desktop.service import RecognitionService
+
+    monkeypatch.setattr(finetune_service, "cpu_count", lambda: 7)  # 4 threads to train, 3 to read
+    store = SampleStore(tmp_path / "s.db")
+    for ex in synthetic_examples(NEW_EXPRESSIONS, copies=2):
+        store.add(ex.strokes, " ".join(ex.tokens))
+    recognition = RecognitionService(tiny_checkpoint, "cpu")
+    service = FinetuneService(store, tmp_path / "models", recognition)
+    during = []  # (the fine-tune's threads, recognition's cap) at each step, seen from the worker
+    job = service.start(tiny_checkpoint, None, 3, lambda p: during.append((torch.get_num_threads(),
+                                                                           recognition.threads)))  # fmt: skip
+    job.future.result(timeout=120)
+    service.shutdown()
+    recognition.shutdown()
+    assert during and set(during) == {(4, 3)}
+    assert recognition.threads == 0  # the whole CPU again once the job is done
+
+
 def test_finetune_command_line_records_the_version(tmp_path, tiny_checkpoint, capsys):
     store = SampleStore(tmp_path / "s.db")
     for ex in synthetic_examples(NEW_EXPRESSIONS, copies=2):
