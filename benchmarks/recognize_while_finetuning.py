@@ -1,9 +1,9 @@
 """Recognition time while a fine-tune runs in the same process, as in the app.
 
 The app fine-tunes on a background thread and keeps recognizing on another. On a
-2-core CPU both would use two intra-op threads: four busy threads on two cores,
-where every small parallel operation of the search waits at a barrier for a thread
-that is not running. This times the app's recognition of real expressions alone,
+2-core CPU both would use two intra-op threads by default: four busy threads on two
+cores, where a parallel operation can wait at its barrier for a thread that is not
+running. This times the app's recognition of real expressions alone,
 then again while a fine-tune (the app's: `train.finetune.finetune` on expressions of
 the training split as the user's samples, no replay) trains on another thread, with
 the thread counts given for each side.
