@@ -95,10 +95,10 @@ def test_a_share_of_the_composed_expressions_are_fractions_and_the_rest_keep_the
     side_only = composed_examples(examples, 40, raster, seed=3, max_tokens=20)
     assert composed_examples(examples, 40, raster, seed=3, max_tokens=20, fractions=0.0)[0].id == side_only[0].id
     mixed = composed_examples(examples, 40, raster, seed=3, max_tokens=20, fractions=0.5)
-    fractions = [p for p in mixed if p.tokens[0] == "\\frac" and p.tokens.count("{") > 2]
+    fractions = [p for p in mixed if " over " in p.source]
     assert len(mixed) == 40 and 8 <= len(fractions) <= 32
     for pair in fractions:
-        assert len(pair.tokens) <= 20
+        assert pair.tokens[:2] == ["\\frac", "{"] and pair.tokens[-1] == "}" and len(pair.tokens) <= 20
         transform, _, _ = layout(pair.strokes, raster)
         assert transform.scale == pytest.approx(raster.symbol_px / symbol_size(pair.strokes))  # not shrunk to fit
     all_fractions = composed_examples(examples, 10, raster, seed=3, max_tokens=20, fractions=1.0)

@@ -85,6 +85,7 @@ def composed_examples(
     gap: tuple[float, float] = (0.6, 1.4),
     fractions: float = 0.0,
     fraction_gap: tuple[float, float] = (0.15, 0.5),
+    fraction_overhang: tuple[float, float] = (0.05, 0.3),
 ) -> list[Example]:
     """`count` pairs of random `examples`, drawn with `seed`, each fitting the raster at
     its nominal symbol size (so none is shrunk) and at most `max_tokens` long: a share
@@ -105,7 +106,7 @@ def composed_examples(
         if fractions > 0 and rng.random() < fractions:
             if len(a.tokens) + len(b.tokens) + 5 > max_tokens:
                 continue
-            pair = as_fraction(a, b, float(rng.uniform(*fraction_gap)), float(rng.uniform(0.05, 0.3)))
+            pair = as_fraction(a, b, float(rng.uniform(*fraction_gap)), float(rng.uniform(*fraction_overhang)))
         elif len(a.tokens) + len(b.tokens) > max_tokens:
             continue
         else:
