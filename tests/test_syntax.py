@@ -43,6 +43,8 @@ def test_broken_rule_names_what_is_wrong():
     assert "left open" in broken_rule("\\frac { 1 } { 2".split())
     assert "^ at token 2" in broken_rule("x ^ 2".split())
     assert "\\sqrt" in broken_rule("\\sqrt x".split())
+    assert "\\frac at token 3 has a numerator but no denominator" in broken_rule("x + \\frac { 1 } + 2".split())
+    assert broken_rule("\\frac \\theta { 2 i } + \\frac { 1 } { 2 }".split()) is None  # as 2016 writes it
 
 
 def test_greedy_takes_the_best_token_that_keeps_the_reading_well_formed():
@@ -56,6 +58,34 @@ def test_greedy_takes_the_best_token_that_keeps_the_reading_well_formed():
 def test_a_root_takes_a_group_or_an_index():
     assert _greedy([["\\sqrt"], ["x", "[", "{"], ["3"], ["]"], ["{"], ["y"], ["}"], ["<eos>"]]) == \
         "\\sqrt [ 3 ] { y }".split()
+
+
+def test_a_fraction_gets_its_denominator():
+    # After the numerator the decoder would rather stop, or go on with `+`: the rules take
+    # its next choice, the denominator's `{`; a fraction written without groups stays free.
+    script = [["\\frac"], ["{"], ["1"], ["}"], ["<eos>", "+", "{"], ["2"], ["}"], ["<eos>"]]
+    assert _greedy(script, well_formed=False) == ["\\frac", "{", "1", "}"]
+    assert _greedy(script) == "\\frac { 1 } { 2 }".split()
+    assert _greedy([["\\frac"], ["\\theta"], ["{"], ["2"], ["}"], ["<eos>"]]) == "\\frac \\theta { 2 }".split()
+
+
+def test_right_to_left_a_fraction_comes_only_after_its_numerator():
+    # Right to left `\frac { 1 } { 2 }` reads `} 2 { } 1 { \frac`: `\frac` may follow the `{`
+    # that closes the numerator (a group begun right after another closed), not one that
+    # closes a lone group, as in `x ^ { 2 }` read backwards.
+    rules = SyntaxRules(VOCAB)
+    frac = VOCAB.tokens.index("\\frac")
+
+    def allowed_after(tokens: str) -> bool:
+        state, ids = rules.start(torch.tensor([True])), VOCAB.encode(tokens.split())
+        for t in ids:
+            state = rules.advance(state, torch.tensor([t]))
+        return bool(rules.mask(state, torch.tensor(ids[-1:]), torch.zeros(1, len(VOCAB)))[0, frac] > float("-inf"))
+
+    assert allowed_after("} 2 { } 1 {")
+    assert not allowed_after("} 2 {")
+    assert not allowed_after("} 2 { + } 1 {")  # the numerator must follow the denominator at once
+    assert allowed_after("} 2 { } } x { 1 {")  # a numerator holding a group of its own
 
 
 def test_right_to_left_rows_obey_the_mirrored_rules():
@@ -77,12 +107,17 @@ def test_right_to_left_rows_obey_the_mirrored_rules():
 def _allowed_in_words(prefix: list[str], reverse: bool) -> set[str]:
     """The rules spelled out token by token: what may come next after `prefix` (in
     reading order; right-to-left rows read the caption backwards)."""
-    depth = 0
-    for t in prefix:
-        if t == ("}" if reverse else "{"):
-            depth += 1
-        elif t == ("{" if reverse else "}"):
-            depth = max(0, depth - 1)
+    opens, closes = ("}", "{") if reverse else ("{", "}")
+    marker = "{" if reverse else "\\frac"  # a group opened right after it is marked
+    groups: list[bool] = []  # the open groups, marked or not
+    closed = None  # what the last token closed: None (nothing), True (a marked group), False
+    for i, t in enumerate(prefix):
+        closed = None
+        if t == opens:
+            groups.append(i > 0 and prefix[i - 1] == marker)
+        elif t == closes and groups:
+            closed = groups.pop()
+    depth = len(groups)
     last = prefix[-1] if prefix else ("<eos>" if reverse else "<sos>")
     allowed = set()
     for t in VOCAB.tokens:
@@ -93,7 +128,11 @@ def _allowed_in_words(prefix: list[str], reverse: bool) -> set[str]:
         if reverse:  # t will stand right before `last` in the caption
             if t in ("^", "_") and last != "{" or t == "\\sqrt" and last not in ("{", "["):
                 continue
+            if t == "\\frac" and closed is False:  # the group after a fraction's numerator is its denominator
+                continue
         elif last in ("^", "_") and t != "{" or last == "\\sqrt" and t not in ("{", "["):
+            continue
+        elif closed is True and t != "{":  # a fraction's numerator is followed by its denominator
             continue
         allowed.add(t)
     return allowed
@@ -112,8 +151,8 @@ def test_the_masks_are_the_rules_in_words_on_random_rows():
     state = rules.start(reverse)
     last = torch.tensor([VOCAB.eos_id if r else VOCAB.sos_id for r in reverse.tolist()])
     prefixes: list[list[str]] = [[] for _ in range(rows)]
-    checked = 0
-    for _ in range(12):
+    checked = numerators = 0
+    for _ in range(24):
         allowed = rules.mask(state, last, torch.zeros(rows, len(VOCAB))) > float("-inf")
         for i in range(rows):
             got = {VOCAB.tokens[j] for j in allowed[i].nonzero().flatten().tolist()}
@@ -123,7 +162,9 @@ def test_the_masks_are_the_rules_in_words_on_random_rows():
         for i, j in enumerate(pick.tolist()):
             prefixes[i].append(VOCAB.tokens[j])
         state, last = rules.advance(state, pick), pick
-    assert checked == 12 * rows and any(p.count("^") for p in prefixes) and any(p.count("\\sqrt") for p in prefixes)
+        numerators += int((state.closed == 2).sum())
+    assert numerators > 0  # the walks closed fractions' numerators (left to right) or denominators
+    assert checked == 24 * rows and any(p.count("^") for p in prefixes) and any(p.count("\\sqrt") for p in prefixes)
 
 
 def test_every_beam_reading_is_well_formed_in_both_directions():
@@ -164,3 +205,28 @@ def test_every_crohme_caption_keeps_the_rules(crohme_dir):
             assert broken_rule(tokens) is None, (split, name, " ".join(tokens))
             found += 1
     assert found == 8835 + 986 + 1147
+
+
+@pytest.mark.crohme
+def test_the_masks_let_every_crohme_caption_through_in_both_directions(crohme_dir):
+    # The masks, not only `broken_rule`: every caption, read left to right and backwards,
+    # is allowed token by token, and may stop at its end.
+    from train.data import read_captions
+
+    rules = SyntaxRules(VOCAB)
+    rows: list[list[int]] = []
+    for split in ("train", "2014", "2016"):
+        for tokens in read_captions(crohme_dir / "captions" / f"{split}.txt").values():
+            ids = VOCAB.encode(tokens)
+            rows += [ids + [VOCAB.eos_id], ids[::-1] + [VOCAB.sos_id]]
+    width = max(len(r) for r in rows)
+    reverse = torch.arange(len(rows)) % 2 == 1
+    state = rules.start(reverse)
+    last = torch.where(reverse, VOCAB.eos_id, VOCAB.sos_id)
+    for t in range(width):
+        live = torch.tensor([t < len(r) for r in rows])
+        nxt = torch.tensor([r[t] if t < len(r) else VOCAB.pad_id for r in rows])
+        allowed = rules.mask(state, last, torch.zeros(len(rows), len(VOCAB))).gather(1, nxt[:, None])[:, 0] > float("-inf")
+        blocked = (live & ~allowed).nonzero().flatten().tolist()
+        assert not blocked, [(" ".join(VOCAB.decode(rows[i])), t) for i in blocked[:3]]
+        state, last = rules.advance(state, nxt), nxt
