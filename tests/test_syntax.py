@@ -163,7 +163,7 @@ def test_the_masks_are_the_rules_in_words_on_random_rows():
             prefixes[i].append(VOCAB.tokens[j])
         state, last = rules.advance(state, pick), pick
         numerators += int((state.closed == 2).sum())
-    assert numerators > 0  # the walks closed fractions' numerators (left to right) or denominators
+    assert numerators > 0  # the walks closed marked groups (numerators), so the new rule was exercised
     assert checked == 24 * rows and any(p.count("^") for p in prefixes) and any(p.count("\\sqrt") for p in prefixes)
 
 
