@@ -119,8 +119,10 @@ class SyntaxRules:
 
     def start(self, reverse: Tensor) -> SyntaxState:
         """reverse [n] bool: which rows read right to left."""
-        zeros = torch.zeros(reverse.shape, dtype=torch.long, device=reverse.device)
-        return SyntaxState(zeros, reverse, zeros, torch.zeros_like(reverse), zeros)
+        def zeros() -> Tensor:  # one tensor per field: none may alias another
+            return torch.zeros(reverse.shape, dtype=torch.long, device=reverse.device)
+
+        return SyntaxState(zeros(), reverse, zeros(), torch.zeros_like(reverse), zeros())
 
     def mask(self, state: SyntaxState, last: Tensor, scores: Tensor) -> Tensor:
         """scores [n, V] (after the row's last token `last` [n]) with -inf on every token
