@@ -30,6 +30,7 @@ class DataConfig:
     length_multiple: int = 1  # pad target lengths to a multiple of this (same reason: the ARM's convs)
     composed: int = 0  # add this many expressions made of two training ones side by side (train/compose.py)
     composed_fractions: float = 0.0  # the share of those written as a fraction, one over the other
+    renamed: float = 0.0  # the share of draws whose symbols are renamed, x -> y (train/substitute.py)
 
     def __post_init__(self) -> None:
         for name in ("pixel_budget", "max_batch", "shape_multiple", "length_multiple"):
@@ -39,6 +40,8 @@ class DataConfig:
             raise ValueError(f"[data] composed must be 0 or more, not {self.composed}")
         if not 0.0 <= self.composed_fractions <= 1.0:
             raise ValueError(f"[data] composed_fractions must be in [0, 1], not {self.composed_fractions}")
+        if not 0.0 <= self.renamed <= 1.0:
+            raise ValueError(f"[data] renamed must be in [0, 1], not {self.renamed}")
 
 
 @dataclass(frozen=True)

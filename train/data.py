@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,8 @@ class Example:
     tokens: list[str]
     writer: str | None = None
     source: str = ""  # file or zip member it came from
+    # The InkML's symbol segmentation, where it has one: (symbol, indices into strokes) per symbol.
+    symbols: list[tuple[str, tuple[int, ...]]] | None = None
 
 
 @dataclass
@@ -123,12 +125,24 @@ def load_split(data_dir: str | Path, split: str, vocab: Vocabulary, limit: int |
         except UnknownTokenError as e:
             report.bad_label.append((name, str(e)))
             continue
-        examples.append(Example(sample.id, sample.traces, tokens, sample.writer, name))
+        examples.append(Example(sample.id, sample.traces, tokens, sample.writer, name, _symbol_strokes(sample)))
     if captions is not None and limit is None:
         report.no_file = sorted(set(captions) - seen)
     for line in report.lines():
         log.warning("%s: %s", split, line)
     return examples, report
+
+
+def _symbol_strokes(sample: InkSample) -> list[tuple[str, tuple[int, ...]]] | None:
+    """Each marked symbol's stroke indices; symbols naming a trace the file lacks are left out."""
+    if not sample.symbols:
+        return None
+    index = {tid: i for i, tid in enumerate(sample.trace_ids)}
+    return [
+        (group.truth, tuple(index[t] for t in group.trace_ids))
+        for group in sample.symbols
+        if group.trace_ids and all(t in index for t in group.trace_ids)
+    ]
 
 
 def nominal_size(strokes: Sequence[np.ndarray], config: RasterConfig) -> tuple[int, int]:
@@ -148,12 +162,14 @@ class InkDataset(torch.utils.data.Dataset):
         raster: RasterConfig,
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        rewrite: Callable[[Example, np.random.Generator], Example | None] | None = None,
     ) -> None:
         self.examples = examples
         self.vocab = vocab
         self.raster = raster
         self.augment = augment
         self.seed = seed
+        self.rewrite = rewrite  # a new caption and ink for some draws (train/substitute.py), or None
         self.epoch = 0
         self.ids = [vocab.encode(e.tokens, where=e.source) for e in examples]
 
@@ -164,13 +180,17 @@ class InkDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, list[int], int]:
-        ex = self.examples[index]
+        ex, ids = self.examples[index], self.ids[index]
+        if self.rewrite is not None:
+            rewritten = self.rewrite(ex, np.random.default_rng([self.seed, self.epoch, index, 11]))
+            if rewritten is not None:
+                ex, ids = rewritten, self.vocab.encode(rewritten.tokens, where=rewritten.source)
         strokes, scale, line = ex.strokes, 1.0, 1.0
         if self.augment is not None and self.augment.enabled:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             strokes, scale, line = augment_strokes(strokes, self.augment, rng)
         image = rasterize(strokes, self.raster, scale_factor=scale, line_factor=line).image
-        return image, self.ids[index], index
+        return image, ids, index
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -31,12 +31,13 @@ from model.greedy import greedy_search
 from model.hmer import HMER
 from model.recognizer import length_limit
 from model.vocab import Vocabulary
-from train.config import TrainConfig
 from train.compose import composed_examples
+from train.config import TrainConfig
 from train.data import Batch, Example, InkDataset, collate, load_split, nominal_size, size_batches
 from train.distributed import DistInfo, all_sum, barrier, init_distributed, shutdown
 from train.metrics import ExpRateCounter
 from train.plot import plot_metrics
+from train.substitute import Renamer, SymbolBank
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -125,7 +126,14 @@ class Trainer:
             log.info("composed: %d expressions from two training ones (%d of them as fractions)",
                      len(composed), sum(" over " in (c.source or "") for c in composed))  # fmt: skip
             train_examples = train_examples + composed
-        self.train_set = InkDataset(train_examples, self.vocab, cfg.model.raster, cfg.augment, seed=cfg.loop.seed)
+        rewrite = None
+        if cfg.data.renamed:
+            bank = SymbolBank.from_examples(train_examples)
+            rewrite = Renamer(bank, cfg.data.renamed)
+            log.info("renamed: %.0f%% of draws rename symbols, from %d drawings of %d symbols",
+                     100 * cfg.data.renamed, len(bank), len(bank.ink))  # fmt: skip
+        self.train_set = InkDataset(train_examples, self.vocab, cfg.model.raster, cfg.augment, seed=cfg.loop.seed,
+                                    rewrite=rewrite)  # fmt: skip
         self.val_examples = val_examples or []
         self.sizes = [nominal_size(e.strokes, cfg.model.raster) for e in train_examples]
 
