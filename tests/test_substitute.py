@@ -151,15 +151,35 @@ def test_the_renamer_applies_to_its_share_of_draws_and_refuses_a_share_outside_0
 
 def test_the_dataset_draws_renamed_expressions_reproducibly_with_their_captions():
     vocab = Vocabulary.default()
+    raster = tiny_train_config().model.raster
     example = _x_plus_2_equals_x()
-    dataset = InkDataset([example], vocab, tiny_train_config().model.raster, augment=None, seed=4,
-                         rewrite=Renamer(_bank(), 1.0, share=1.0))  # fmt: skip
-    image, ids, _ = dataset[0]
-    assert vocab.decode(ids) == ["a", "+", "5", "=", "a"]
-    again, _, _ = dataset[0]
-    np.testing.assert_array_equal(image, again)  # the same draw for the same (seed, epoch, index)
-    _, plain_ids, _ = InkDataset([example], vocab, tiny_train_config().model.raster, augment=None, seed=4)[0]
+    narrow = [np.array([[0.0, 0.0], [1.0, 4.0]])]
+    drawn = [("a", narrow), ("a", [_square(0.0, 0.0, 4.0)]), ("c", narrow), ("5", [_square(0.0, 0.0, 1.0)])]
+    bank = SymbolBank.from_examples([_segmented(["a", "a", "c", "5"], drawn)])
+    dataset = InkDataset([example] * 12, vocab, raster, augment=None, seed=4, rewrite=Renamer(bank, 0.5))
+
+    def draws() -> list[tuple[bytes, list[str]]]:
+        return [(image.tobytes(), vocab.decode(ids)) for image, ids, _ in (dataset[i] for i in range(12))]
+
+    first = draws()
+    assert draws() == first  # the same draw for the same (seed, epoch, index), captions included
+    captions = {tuple(c) for _, c in first}
+    assert tuple(example.tokens) in captions and len(captions) > 1  # some draws renamed, some not
+    dataset.set_epoch(1)
+    assert draws() != first  # another epoch, other draws
+    _, plain_ids, _ = InkDataset([example], vocab, raster, augment=None, seed=4)[0]
     assert vocab.decode(plain_ids) == example.tokens
+
+
+def test_a_symbol_with_an_empty_or_flat_occurrence_is_left_alone():
+    bank = _bank()
+    example = _x_plus_2_equals_x()
+    strokes = list(example.strokes)
+    strokes[0], strokes[1] = np.zeros((0, 2)), np.array([[0.0, 1.0], [np.nan, np.nan], [2.0, 1.0]])  # the first x
+    damaged = replace(example, strokes=strokes)
+    for seed in range(10):
+        renamed = substitute_symbols(damaged, bank, np.random.default_rng(seed), share=1.0)
+        assert renamed is not None and renamed.tokens == ["x", "+", "5", "=", "x"]  # the 2 still renamed
 
 
 def test_the_trainer_renames_when_its_config_asks(tmp_path):

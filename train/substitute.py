@@ -37,9 +37,26 @@ CLASS_OF: dict[str, tuple[str, ...]] = {token: members for members in SUBSTITUTI
 MAX_WIDENING = 1.4  # a new symbol may be at most this much wider than the box it fills (or than 0.6 of its height)
 
 
+def _finite(strokes: list[np.ndarray]) -> list[np.ndarray]:
+    """x, y of the finite points, strokes left empty dropped (raw InkML can hold either)."""
+    out = [np.asarray(s, dtype=np.float64)[:, :2] for s in strokes]
+    out = [s[np.isfinite(s).all(axis=1)] for s in out]
+    return [s for s in out if len(s)]
+
+
 def _box(strokes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     points = np.concatenate([s[:, :2] for s in strokes])
     return points.min(axis=0), points.max(axis=0)
+
+
+def _tall_box(strokes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The box of the finite points, or None when it has no height (a dot, an empty or
+    mislabelled stroke): such a symbol can be neither drawn into nor taken as a drawing."""
+    finite = _finite(strokes)
+    if not finite:
+        return None
+    low, high = _box(finite)
+    return (low, high) if high[1] - low[1] > 0 else None
 
 
 @dataclass(frozen=True)
@@ -56,15 +73,10 @@ class SymbolBank:
             for token, indices in example.symbols or ():
                 if token not in CLASS_OF:
                     continue
-                strokes = [np.asarray(example.strokes[i], dtype=np.float64)[:, :2] for i in indices]
-                strokes = [s[np.isfinite(s).all(axis=1)] for s in strokes]
-                strokes = [s for s in strokes if len(s)]
-                if not strokes:
-                    continue
-                low, high = _box(strokes)
-                if high[1] - low[1] <= 0:
-                    continue
-                ink.setdefault(token, []).append([s - low for s in strokes])
+                strokes = _finite([example.strokes[i] for i in indices])
+                box = _tall_box(strokes)
+                if box is not None:
+                    ink.setdefault(token, []).append([s - box[0] for s in strokes])
         return cls(ink)
 
     def __len__(self) -> int:
@@ -127,16 +139,13 @@ def substitute_symbols(example: Example, bank: SymbolBank, rng: np.random.Genera
         target = targets[int(rng.integers(len(targets)))]
         drawings = bank.ink[target]
         drawing = drawings[int(rng.integers(len(drawings)))]  # one writer's drawing for every occurrence
-        for indices in renameable[token]:
-            low, high = _box([np.asarray(example.strokes[i], dtype=np.float64) for i in indices])
-            if high[1] - low[1] <= 0:
-                break  # a flat box (a dot, or a mislabelled stroke): leave this type alone
-        else:
-            renaming[token] = target
-            for indices in renameable[token]:
-                low, high = _box([np.asarray(example.strokes[i], dtype=np.float64) for i in indices])
-                new_strokes[indices[0]] = _placed(drawing, low, high)
-                dropped.update(indices)
+        boxes = [_tall_box([example.strokes[i] for i in indices]) for indices in renameable[token]]
+        if any(box is None for box in boxes):
+            continue  # one occurrence cannot be redrawn: leave the type alone, or the caption would lie
+        renaming[token] = target
+        for indices, (low, high) in zip(renameable[token], boxes):
+            new_strokes[indices[0]] = _placed(drawing, low, high)
+            dropped.update(indices)
     if not renaming:
         return None
     strokes: list[np.ndarray] = []
