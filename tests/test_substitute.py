@@ -9,6 +9,7 @@ import pytest
 
 from model.vocab import Vocabulary
 from tests.helpers import synthetic_examples, tiny_train_config
+from train.compose import side_by_side
 from train.config import DataConfig
 from train.data import Example, InkDataset, load_split
 from train.substitute import CLASS_OF, Renamer, SymbolBank, substitute_symbols
@@ -194,6 +195,64 @@ def test_the_trainer_renames_when_its_config_asks(tmp_path):
     off = Trainer(cfg, data_dir=tmp_path, out_dir=tmp_path / "o", train_examples=examples, val_examples=[],
                   show_progress=False)  # fmt: skip
     assert off.train_set.rewrite is None
+
+
+def _empty_strokes_first(example: Example) -> Example:
+    """`example` as raw InkML can hold it: an empty trace and one of NaN points before
+    its ink, with the marks pointing past them."""
+    junk = [np.array([]), np.array([[np.nan, np.nan], [np.nan, 1.0]])]
+    marks = [(token, tuple(i + 2 for i in indices)) for token, indices in example.symbols]
+    return replace(example, strokes=junk + example.strokes, symbols=marks)
+
+
+@pytest.mark.parametrize("compose", ["side_by_side", "as_fraction"])
+def test_a_composed_pair_keeps_both_parts_marks_so_it_can_be_renamed(compose):
+    from train import compose as composing
+
+    a = _empty_strokes_first(_x_plus_2_equals_x())
+    b = _segmented(["x", "-", "1"], [("x", [np.array([[0.0, 0.0], [4.0, 4.0]]), np.array([[4.0, 0.0], [0.0, 4.0]])]),
+                                     ("-", [np.array([[5.0, 2.0], [7.0, 2.0]])]),
+                                     ("1", [np.array([[8.0, 0.0], [8.0, 4.0]])])])  # fmt: skip
+    pair = composing.side_by_side(a, b, 0.8) if compose == "side_by_side" else composing.as_fraction(a, b, 0.3, 0.2)
+    assert [t for t, _ in pair.symbols] == ["x", "+", "2", "=", "x", "x", "-", "1"]
+    # A's marks name its own strokes, counted without the two it had no ink in; B's
+    # name its strokes, moved and scaled as one.
+    for (token, indices), (_, old) in zip(pair.symbols[:5], _x_plus_2_equals_x().symbols):
+        for i, j in zip(indices, old, strict=True):
+            np.testing.assert_array_equal(pair.strokes[i], _x_plus_2_equals_x().strokes[j])
+    b_marked = [pair.strokes[i] for _, indices in pair.symbols[5:] for i in indices]
+    assert len(b_marked) == len(b.strokes)
+    scale = np.ptp(b_marked[0][:, 0]) / np.ptp(b.strokes[0][:, 0])
+    for mine, theirs in zip(b_marked, b.strokes):
+        np.testing.assert_allclose(mine - mine[0], (theirs - theirs[0]) * scale)
+    np.testing.assert_allclose(b_marked[0][0] - b_marked[2][0], (b.strokes[0][0] - b.strokes[2][0]) * scale)
+    # Renaming x renames all three, in both parts.
+    renamed = substitute_symbols(pair, _bank(), np.random.default_rng(0), share=1.0)
+    assert renamed is not None and renamed.tokens.count("a") == 3 and "x" not in renamed.tokens
+
+
+def test_a_composed_symbol_left_without_ink_keeps_its_type_from_being_renamed():
+    example = _x_plus_2_equals_x()
+    strokes = list(example.strokes)
+    strokes[4] = np.zeros((0, 2))  # the 2's only stroke holds no point
+    pair = side_by_side(replace(example, strokes=strokes), synthetic_examples(["1 - 3"])[0], 0.8)
+    assert ("2", ()) in pair.symbols
+    for seed in range(10):
+        renamed = substitute_symbols(pair, _bank(), np.random.default_rng(seed), share=1.0)
+        assert renamed is not None and renamed.tokens[:5] == ["a", "+", "2", "=", "a"]
+
+
+def test_the_bank_holds_the_real_expressions_drawings_not_composed_copies(tmp_path):
+    from train.trainer import Trainer
+
+    examples = [_x_plus_2_equals_x(), *_bank_sources(), *synthetic_examples(UNMARKED_EXPRESSIONS)]
+    cfg = tiny_train_config(max_steps=1)
+    cfg = replace(cfg, data=replace(cfg.data, renamed=1.0, composed=6))
+    trainer = Trainer(cfg, data_dir=tmp_path, out_dir=tmp_path / "c", train_examples=examples, val_examples=[],
+                      show_progress=False)  # fmt: skip
+    composed = trainer.train_set.examples[len(examples):]
+    assert len(composed) == 6 and any(e.symbols for e in composed)
+    assert len(trainer.train_set.rewrite.bank) == len(SymbolBank.from_examples(examples))
 
 
 def _bank_sources() -> list[Example]:

@@ -30,10 +30,31 @@ def _main_line(strokes: list[np.ndarray]) -> float:
     return float(centres[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
+Marks = list[tuple[str, tuple[int, ...]]]
+
+
+def _cleaned(example: Example, first: int) -> tuple[list[np.ndarray], Marks]:
+    """`example`'s strokes as `clean_strokes` gives them, and its symbol marks renumbered
+    to match from stroke index `first`, so a composed expression can still be renamed
+    (train/substitute.py). Cleaning drops strokes with no finite point; a mark keeps its
+    other strokes, and a symbol left with none stays marked with none, which keeps its
+    type from being renamed rather than miscounted."""
+    strokes = clean_strokes(example.strokes)  # raises on ink it cannot use, so each stroke below is [n, >=2]
+    kept = [
+        i
+        for i, s in enumerate(example.strokes)
+        if np.size(s) and np.isfinite(np.asarray(s, dtype=np.float64)[:, :2]).all(axis=1).any()
+    ]
+    new_index = {old: first + new for new, old in enumerate(kept)}
+    marks = [(t, tuple(new_index[i] for i in indices if i in new_index)) for t, indices in example.symbols or ()]
+    return strokes, marks
+
+
 def side_by_side(a: Example, b: Example, gap: float) -> Example:
     """B written `gap` symbol sizes to the right of A, scaled to A's symbol size and
     shifted onto A's main line, in A's ink units."""
-    sa, sb = clean_strokes(a.strokes), clean_strokes(b.strokes)
+    sa, marks_a = _cleaned(a, 0)
+    sb, marks_b = _cleaned(b, len(sa))
     size_a = symbol_size(sa)
     scale = size_a / symbol_size(sb)
     sb = [s * scale for s in sb]
@@ -46,6 +67,7 @@ def side_by_side(a: Example, b: Example, gap: float) -> Example:
         tokens=list(a.tokens) + list(b.tokens),
         writer=None,
         source=f"composed: {a.source or a.id} + {b.source or b.id}",
+        symbols=marks_a + marks_b,
     )
 
 
@@ -53,7 +75,8 @@ def as_fraction(a: Example, b: Example, gap: float, overhang: float) -> Example:
     """A over B as a fraction: B scaled to A's symbol size, both centred on a straight
     bar `overhang` symbol sizes longer than the wider of them on each side, each `gap`
     symbol sizes from it; in A's ink units. The bar is one stroke, as a person draws it."""
-    sa, sb = clean_strokes(a.strokes), clean_strokes(b.strokes)
+    sa, marks_a = _cleaned(a, 0)
+    sb, marks_b = _cleaned(b, len(sa) + 1)  # after A's strokes and the bar
     size = symbol_size(sa)
     sb = [s * (size / symbol_size(sb)) for s in sb]
 
@@ -73,6 +96,7 @@ def as_fraction(a: Example, b: Example, gap: float, overhang: float) -> Example:
         tokens=["\\frac", "{", *a.tokens, "}", "{", *b.tokens, "}"],
         writer=None,
         source=f"composed: {a.source or a.id} over {b.source or b.id}",
+        symbols=marks_a + marks_b,
     )
 
 

@@ -120,6 +120,8 @@ class Trainer:
             log.info("validation (%s): %d expressions", cfg.data.val_split, len(val_examples))
         if not train_examples:
             raise ValueError(f"no training expressions found in {self.data_dir}")
+        # Drawings come from the real expressions only: composed ones would repeat them, rescaled.
+        bank = SymbolBank.from_examples(train_examples) if cfg.data.renamed else None
         if cfg.data.composed:
             composed = composed_examples(train_examples, cfg.data.composed, cfg.model.raster, cfg.loop.seed,
                                          fractions=cfg.data.composed_fractions)  # fmt: skip
@@ -127,8 +129,7 @@ class Trainer:
                      len(composed), sum(" over " in (c.source or "") for c in composed))  # fmt: skip
             train_examples = train_examples + composed
         rewrite = None
-        if cfg.data.renamed:
-            bank = SymbolBank.from_examples(train_examples)
+        if bank is not None:
             rewrite = Renamer(bank, cfg.data.renamed)
             log.info("renamed: %.0f%% of draws rename symbols, from %d drawings of %d symbols",
                      100 * cfg.data.renamed, len(bank), len(bank.ink))  # fmt: skip
