@@ -451,7 +451,7 @@ def test_arrow_keys_step_through_tokens_and_the_strip_follows(qtbot):
         qtbot.keyClick(panel._buttons[0], Qt.Key.Key_Right)
     assert panel.selected == len(tokens) - 1 and last.isChecked()
     qtbot.waitUntil(lambda: viewport.rect().contains(last.mapTo(viewport, last.rect().center())), timeout=2000)
-    assert f"token 30/30: x_29" in panel.caption.text()
+    assert "token 30/30: x_29" in panel.caption.text()
 
 
 def test_token_labels_stay_readable_in_a_dark_theme(qtbot):
