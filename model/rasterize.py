@@ -69,9 +69,18 @@ def clean_strokes(strokes: Sequence[np.ndarray | Sequence[Sequence[float]]]) -> 
 
     Raises InkError when nothing drawable remains.
     """
+    return clean_strokes_indexed(strokes)[0]
+
+
+def clean_strokes_indexed(
+    strokes: Sequence[np.ndarray | Sequence[Sequence[float]]],
+) -> tuple[list[np.ndarray], list[int]]:
+    """`clean_strokes`, plus the input index of each stroke kept (strokes with no finite
+    point are dropped), for callers that refer to strokes by index (symbol marks)."""
     if strokes is None or len(strokes) == 0:
         raise InkError("no strokes: the ink is empty")
     cleaned: list[np.ndarray] = []
+    kept: list[int] = []
     total = 0
     for i, stroke in enumerate(strokes):
         arr = np.asarray(stroke, dtype=np.float64)
@@ -83,12 +92,13 @@ def clean_strokes(strokes: Sequence[np.ndarray | Sequence[Sequence[float]]]) -> 
         arr = arr[np.isfinite(arr).all(axis=1)]
         if len(arr):
             cleaned.append(arr)
+            kept.append(i)
             total += len(arr)
     if not cleaned:
         raise InkError("the ink has no finite points")
     if total > MAX_POINTS:
         raise InkError(f"the ink has {total:,} points; at most {MAX_POINTS:,} are supported")
-    return cleaned
+    return cleaned, kept
 
 
 def symbol_size(strokes: Sequence[np.ndarray]) -> float:

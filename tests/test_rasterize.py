@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from model.config import RasterConfig
-from model.rasterize import InkError, rasterize
+from model.rasterize import InkError, clean_strokes_indexed, rasterize
 from tests.synthetic_ink import ink_for
 
 CFG = RasterConfig(symbol_px=24, line_px=2.0, max_h=128, max_w=512)
@@ -56,6 +56,18 @@ def test_non_finite_points_are_dropped_and_all_non_finite_is_an_error():
     assert np.array_equal(rasterize(dirty, CFG).image, rasterize(strokes, CFG).image)
     with pytest.raises(InkError, match="no finite points"):
         rasterize([np.array([[np.nan, np.nan], [np.inf, 0.0]])], CFG)
+
+
+def test_cleaning_reports_which_input_strokes_it_kept():
+    # symbol marks name strokes by index, so whoever renumbers them needs exactly this
+    empty = np.zeros((0, 2))
+    all_nan = np.array([[np.nan, 1.0], [2.0, np.inf]])
+    partly_nan = np.array([[0.0, 0.0], [np.nan, 1.0], [1.0, 1.0]])
+    good = np.array([[3.0, 0.0], [4.0, 1.0]])
+    strokes, kept = clean_strokes_indexed([empty, good, all_nan, partly_nan])
+    assert kept == [1, 3]
+    assert len(strokes) == 2
+    np.testing.assert_array_equal(strokes[1], [[0.0, 0.0], [1.0, 1.0]])
 
 
 def test_a_single_point_gives_a_valid_image():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from model.config import RasterConfig
-from model.rasterize import clean_strokes, layout, symbol_size
+from model.rasterize import clean_strokes_indexed, layout, symbol_size
 from train.data import Example
 
 
@@ -39,12 +39,7 @@ def _cleaned(example: Example, first: int) -> tuple[list[np.ndarray], Marks]:
     (train/substitute.py). Cleaning drops strokes with no finite point; a mark keeps its
     other strokes, and a symbol left with none stays marked with none, which keeps its
     type from being renamed rather than miscounted."""
-    strokes = clean_strokes(example.strokes)  # raises on ink it cannot use, so each stroke below is [n, >=2]
-    kept = [
-        i
-        for i, s in enumerate(example.strokes)
-        if np.size(s) and np.isfinite(np.asarray(s, dtype=np.float64)[:, :2]).all(axis=1).any()
-    ]
+    strokes, kept = clean_strokes_indexed(example.strokes)  # raises on ink it cannot use
     new_index = {old: first + new for new, old in enumerate(kept)}
     marks = [(t, tuple(new_index[i] for i in indices if i in new_index)) for t, indices in example.symbols or ()]
     return strokes, marks
