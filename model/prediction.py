@@ -30,6 +30,8 @@ class Prediction:
     structure: list[str]  # the auxiliary head's structure-only reading, one per token
     expected_structure: list[str]  # the structure-only form of `tokens`
     alternatives: list[Alternative]  # n-best, best first (the first is this prediction)
+    # per token, the model's next choices at its position (token, probability), best first
+    token_alternatives: list[list[tuple[str, float]]] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)  # per stage
     device: str = "cpu"
 
@@ -58,6 +60,7 @@ class Prediction:
             "alternatives": [
                 {"latex": a.latex, "score": a.score, "probability": a.probability} for a in self.alternatives
             ],
+            "token_alternatives": [[[t, round(p, 6)] for t, p in alts] for alts in self.token_alternatives],
             "timings_ms": self.timings_ms,
             "device": self.device,
             "image_shape": list(self.image.shape),

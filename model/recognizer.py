@@ -28,6 +28,7 @@ from model.image_input import image_to_input
 from model.paths import BUNDLED_CHECKPOINT, asset_path
 from model.prediction import Alternative, Prediction
 from model.rasterize import rasterize
+from model.replacements import token_replacements
 from model.vocab import Vocabulary
 
 DOWNSAMPLE = 16  # the DenseNet encoder's total stride
@@ -203,7 +204,7 @@ class Recognizer:
                 main, aux, attn = self.model.decoder(memory, mem_mask, tgt.to(self.device), need_attention=True)
             timings["explain"] = (time.perf_counter() - t) * 1000
         n = len(best_ids)
-        probs = torch.softmax(main[0].float(), dim=-1)  # [n+1, V]
+        probs = torch.softmax(main[0].float(), dim=-1)  # [n+1, V]: what each position could have been
         token_probs = probs[torch.arange(n), torch.tensor(best_ids, dtype=torch.long)].cpu().numpy() if n else np.zeros(0)
         structure_ids = aux[0, :n].argmax(dim=-1).tolist()
         h, w = memory.shape[1:3]
@@ -235,6 +236,7 @@ class Recognizer:
             structure=self.vocab.decode(structure_ids),
             expected_structure=self.vocab.decode(self.vocab.structure(best_ids)),
             alternatives=alternatives,
+            token_alternatives=token_replacements(tokens, probs.cpu().numpy(), self.vocab),
             timings_ms={k: round(v, 2) for k, v in timings.items()},
             device=self.device.type,
         )

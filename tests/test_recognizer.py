@@ -16,6 +16,7 @@ from model.image_input import image_to_input
 from model.inkml import write_inkml
 from model.rasterize import InkError, rasterize
 from model.recognizer import Recognizer
+from model.replacements import token_replacements
 from tests.conftest import REPO, SYNTHETIC_EXPRESSIONS
 from tests.synthetic_ink import ink_for
 
@@ -39,6 +40,8 @@ def test_recognizes_the_expressions_it_learned(recognizer, latex):
     probs = [a.probability for a in pred.alternatives]
     assert sum(probs) == pytest.approx(1.0) and probs == sorted(probs, reverse=True)
     assert set(pred.timings_ms) >= {"rasterize", "encode", "search", "explain", "total"}
+    assert len(pred.token_alternatives) == n  # one-click corrections, per token
+    assert all(t != tok for tok, alts in zip(pred.tokens, pred.token_alternatives) for t, _ in alts)
 
 
 def test_greedy_and_beam_agree_on_learned_ink(recognizer):
@@ -94,6 +97,9 @@ def test_the_greedy_reading_is_explained_as_a_teacher_forced_pass_would(recogniz
     probs = torch.softmax(main[0], dim=-1)[torch.arange(n), torch.tensor(ids)].numpy()
     np.testing.assert_allclose(pred.token_probs, probs, atol=1e-5)
     assert pred.structure == recognizer.vocab.decode(aux[0, :n].argmax(dim=-1).tolist())
+    expected = token_replacements(pred.tokens, torch.softmax(main[0], dim=-1).numpy(), recognizer.vocab)
+    assert [[t for t, _ in alts] for alts in pred.token_alternatives] == [[t for t, _ in alts] for alts in expected]
+    assert any(pred.token_alternatives) and all(len(alts) == 5 for alts in pred.token_alternatives if alts)
 
 
 def test_recognition_leaves_the_thread_setting_as_it_found_it(recognizer, monkeypatch):
