@@ -115,6 +115,7 @@ class MainWindow(QMainWindow):
         self.document.subscribe(self._on_ink_changed)
         self.results.alternative_chosen.connect(self.choose_alternative)
         self.attention.token_selected.connect(self._on_token_selected)
+        self.attention.replacement_requested.connect(self.replace_token)
         self._build_actions()
         if self.settings_store.problem:
             self.show_error(self.settings_store.problem)
@@ -265,7 +266,23 @@ class MainWindow(QMainWindow):
 
     def choose_alternative(self, index: int) -> None:
         if self.prediction and 0 <= index < len(self.prediction.alternatives):
+            self.attention.clear_replacements()
             self.results.set_latex(self.prediction.alternatives[index].latex)
+
+    def replace_token(self, index: int, token: str) -> None:
+        """A one-click correction: token `index` of the reading in the token strip becomes
+        `token` in the LaTeX field. Only while the field holds that reading: a hand edit or
+        another alternative there would be overwritten or misaligned."""
+        shown = self.attention.current_tokens()
+        if self.results.latex.text().split() != shown:
+            self.statusBar().showMessage(
+                "Not replaced: the LaTeX field no longer holds the reading in the token strip (it was "
+                "edited, or another alternative was chosen). Edit the LaTeX field instead.", 8000)  # fmt: skip
+            return
+        shown[index] = token
+        self.results.set_latex(" ".join(shown))
+        self.attention.apply_replacement(index, token)
+        self.statusBar().showMessage(f"Token {index + 1} is now {token}", 4000)
 
     def _on_token_selected(self, index: int) -> None:
         self.structure.highlight(index)

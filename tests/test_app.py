@@ -515,3 +515,53 @@ def test_about_the_model_renders_the_card_and_names_the_checkpoint_in_use(qtbot,
     bare = ModelCardDialog(None, None)
     qtbot.addWidget(bare)
     assert "bundled model" in bare.active.text() and "No model card" in bare.card.toPlainText()
+
+
+def test_a_token_is_corrected_with_one_click_from_its_alternatives(qtbot, make_window):
+    from model.prediction import Alternative
+
+    window = make_window(live=False)
+    panel = window.attention
+    tokens = "C + x ^ { 2 }".split()
+    prediction = _prediction_with(tokens)
+    prediction.token_alternatives = [[("c", 0.3), ("G", 0.1)], [("t", 0.05)], [("X", 0.2), ("y", 0.004)],
+                                     [("_", 0.2)], [], [("z", 0.1)], []]  # fmt: skip
+    prediction.alternatives = [Alternative(" ".join(tokens), tokens, -1.0, 0.8),
+                               Alternative("c + X ^ { 2 }", "c + X ^ { 2 }".split(), -2.0, 0.2)]  # fmt: skip
+    window.show_prediction(prediction)
+    QApplication.processEvents()
+
+    def shown_choices() -> list[str]:
+        return [b.text() for b in panel._replace_buttons if b.isVisibleTo(panel)]
+
+    panel.select(4)  # a brace: nothing it could become keeps the reading well formed
+    assert shown_choices() == [] and panel.replace_label.text() == ""
+    panel.select(2)
+    assert panel.replace_label.text() == "Instead of x:" and shown_choices() == ["X  20%", "y  <1%"]
+    panel.select(0)
+    assert shown_choices() == ["c  30%", "G  10%"]
+    qtbot.mouseClick(panel._replace_buttons[0], Qt.MouseButton.LeftButton)
+    assert window.results.latex.text() == "c + x ^ { 2 }"
+    assert panel._buttons[0].text() == "c" and panel._buttons[0].font().italic()
+    # the model's own reading is offered back first
+    assert panel.replace_label.text() == "Instead of c:" and shown_choices() == ["C  (the model's reading)", "G  10%"]
+    panel._buttons[0].setFocus()
+    qtbot.keyClick(panel._buttons[0], Qt.Key.Key_1)  # keys 1-5 pick a choice of the selected token
+    assert window.results.latex.text() == "C + x ^ { 2 }" and not panel._buttons[0].font().italic()
+    panel.select(3)
+    qtbot.keyClick(panel._buttons[3], Qt.Key.Key_1)
+    assert window.results.latex.text() == "C + x _ { 2 }"
+
+    # a hand edit is never overwritten: the strip's positions may no longer match the field
+    window.results.latex.setText("C + x _ { 3 } + 1")
+    panel.select(5)
+    qtbot.mouseClick(panel._replace_buttons[0], Qt.MouseButton.LeftButton)
+    assert window.results.latex.text() == "C + x _ { 3 } + 1"
+    assert "Not replaced" in window.statusBar().currentMessage()
+
+    # choosing a reading from the list shows the model's tokens again, and corrections resume
+    window.choose_alternative(0)
+    assert window.results.latex.text() == "C + x ^ { 2 }" and panel.current_tokens() == tokens
+    assert panel._buttons[3].text() == "^"
+    qtbot.mouseClick(panel._replace_buttons[0], Qt.MouseButton.LeftButton)  # token 6 still selected
+    assert window.results.latex.text() == "C + x ^ { z }"

@@ -1,7 +1,8 @@
 """Why the model read what it read: the predicted tokens as a strip colored by
 confidence; selecting one shows where the decoder looked (on the model's input
 here, and on the ink in the canvas); play, or the arrow keys, step through the
-tokens."""
+tokens. Below the strip, the selected token's alternatives (the model's next
+choices at that position) correct it with one click or the keys 1-5."""
 
 from __future__ import annotations
 
@@ -68,13 +69,22 @@ class FittedImage(QLabel):
         self._fit()
 
 
+def _percent(p: float) -> str:
+    return "<1%" if p < 0.01 else f"{p:.0%}"
+
+
 class AttentionPanel(QWidget):
     token_selected = Signal(int)  # -1 = none
+    # (index, token): the user picked a replacement for a token; the owner applies it to the
+    # reading it shows, then calls `apply_replacement` (or not, saying why)
+    replacement_requested = Signal(int, str)
+    MAX_REPLACEMENTS = 5
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.prediction: Prediction | None = None
         self.selected = -1
+        self.replaced: dict[int, str] = {}  # token index -> the token the user put there
         self._buttons: list[_TokenButton] = []
         self._group = QButtonGroup(self)
         self._group.setExclusive(True)
@@ -103,6 +113,21 @@ class AttentionPanel(QWidget):
         self._timer.setInterval(700)
         self._timer.timeout.connect(self._advance)
 
+        # the selected token's alternatives: "Instead of C:  [c 31%] [G 2%] ..."
+        self.replace_label = QLabel("")
+        self._replace_buttons: list[QPushButton] = []
+        replace_row = QHBoxLayout()
+        replace_row.addWidget(self.replace_label)
+        for k in range(self.MAX_REPLACEMENTS):
+            b = QPushButton()
+            b.clicked.connect(lambda _=False, k=k: self.request_replacement(k))
+            replace_row.addWidget(b)
+            self._replace_buttons.append(b)
+            shortcut = QShortcut(QKeySequence(str(k + 1)), self, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            shortcut.activated.connect(lambda k=k: self.request_replacement(k))
+        replace_row.addStretch(1)
+        self._replacement_choices: list[str] = []
+
         self.input_view = FittedImage("The model's input and its attention appear here.")
         self.input_view.setMinimumHeight(120)
         self.caption = QLabel("")
@@ -113,6 +138,7 @@ class AttentionPanel(QWidget):
         top.addWidget(self.play_button)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
+        layout.addLayout(replace_row)
         layout.addWidget(self.input_view, 1)
         layout.addWidget(self.caption)
 
@@ -124,6 +150,8 @@ class AttentionPanel(QWidget):
         self._buttons = []
         self.prediction = prediction
         self.selected = -1
+        self.replaced = {}
+        self._show_replacements(-1)
         if prediction is None:
             self.input_view.setText("The model's input and its attention appear here.")
             self.caption.setText("")
@@ -155,7 +183,75 @@ class AttentionPanel(QWidget):
             # prediction's buttons need before the scroll range knows their width
             QTimer.singleShot(0, self._scroll_to_selected)
         self._render(index)
+        self._show_replacements(index)
         self.token_selected.emit(index)
+
+    # --- one-click corrections ----------------------------------------------------------
+
+    def current_tokens(self) -> list[str]:
+        """The shown reading with the user's replacements."""
+        if self.prediction is None:
+            return []
+        return [self.replaced.get(i, t) for i, t in enumerate(self.prediction.tokens)]
+
+    def replacement_choices(self, index: int) -> list[tuple[str, float | None]]:
+        """What token `index` can be changed to: the model's reading first when the user has
+        replaced it (probability None: it is the model's own choice), then the model's
+        alternatives at that position."""
+        p = self.prediction
+        if p is None or not (0 <= index < len(p.tokens)) or index >= len(p.token_alternatives):
+            return []
+        current = self.replaced.get(index, p.tokens[index])
+        choices: list[tuple[str, float | None]] = [] if current == p.tokens[index] else [(p.tokens[index], None)]
+        choices += [(t, prob) for t, prob in p.token_alternatives[index] if t != current]
+        return choices[: self.MAX_REPLACEMENTS]
+
+    def _show_replacements(self, index: int) -> None:
+        choices = self.replacement_choices(index)
+        self._replacement_choices = [t for t, _ in choices]
+        if choices:
+            current = self.current_tokens()[index]
+            self.replace_label.setText(f"Instead of {current}:")
+        else:
+            self.replace_label.setText("")
+        for k, b in enumerate(self._replace_buttons):
+            if k < len(choices):
+                token, prob = choices[k]
+                b.setText(f"{token}  (the model's reading)" if prob is None else f"{token}  {_percent(prob)}")
+                b.setToolTip(f"Replace token {index + 1} with {token} in the LaTeX (key {k + 1})")
+            b.setVisible(k < len(choices))
+
+    def clear_replacements(self) -> None:
+        """Show the model's reading again (the LaTeX was replaced by another reading)."""
+        if self.prediction is not None:
+            for index in list(self.replaced):
+                self.apply_replacement(index, self.prediction.tokens[index])
+
+    def request_replacement(self, k: int) -> None:
+        """Ask for the selected token to become its k-th choice (a button or the key k+1)."""
+        if self.selected >= 0 and 0 <= k < len(self._replacement_choices):
+            self.replacement_requested.emit(self.selected, self._replacement_choices[k])
+
+    def apply_replacement(self, index: int, token: str) -> None:
+        """Show token `index` as `token` (the owner has put it in the LaTeX)."""
+        p = self.prediction
+        if p is None or not (0 <= index < len(p.tokens)):
+            return
+        if token == p.tokens[index]:
+            self.replaced.pop(index, None)
+        else:
+            self.replaced[index] = token
+        b = self._buttons[index]
+        b.setText(token)
+        font = b.font()
+        font.setItalic(index in self.replaced)
+        font.setUnderline(index in self.replaced)
+        b.setFont(font)
+        read = f"{p.tokens[index]}: p = {p.token_probs[index]:.3f}"
+        b.setToolTip(f"{token}, corrected by you (the model read {read})" if index in self.replaced else read)
+        b.setMinimumWidth(max(b.sizeHint().width(), b.fontMetrics().horizontalAdvance(token) + 24))
+        if index == self.selected:
+            self._show_replacements(index)
 
     def _scroll_to_selected(self) -> None:
         if 0 <= self.selected < len(self._buttons):
