@@ -254,3 +254,49 @@ def test_compare_evals_counts_the_expressions_only_one_model_reads_and_pools_spl
     (tmp_path / "empty.json").write_text(json.dumps({"split": "x", "n": 0, "failures": []}))
     assert main([str(tmp_path / "empty.json")] * 2) == 2
     assert "no expressions" in capsys.readouterr().err
+
+
+def test_token_fixes_counts_readings_one_offered_replacement_from_right(tmp_path, tiny_checkpoint):
+    from benchmarks.token_fixes import main, outcome, summarize
+    from model.prediction import Alternative, Prediction
+
+    def reading(latex: str, probs: list[float], offered: list[list[str]], others: tuple[str, ...] = ()):
+        tokens = latex.split()
+        return Prediction(
+            latex=latex, tokens=tokens, score=-1.0, token_probs=np.array(probs),
+            attention=np.zeros((len(tokens), 1, 1)), image=np.zeros((16, 16), np.float32), ink_to_image=None,
+            downsample=16, structure=tokens, expected_structure=tokens,
+            alternatives=[Alternative(s, s.split(), -1.0, 0.5) for s in (latex, *others)],
+            token_alternatives=[[(t, 0.1) for t in o] for o in offered],
+        )  # fmt: skip
+
+    truth = "C ^ { 2 }".split()
+    # right; fixed by the first offered choice; by the third; right among the listed readings;
+    # two tokens off; one token too many
+    outcomes = [
+        outcome(reading("C ^ { 2 }", [0.9] * 5, [[]] * 5), truth),
+        outcome(reading("c ^ { 2 }", [0.4, 0.9, 1, 0.8, 1], [["C"], [], [], [], []]), truth),
+        outcome(reading("c ^ { 2 }", [0.9, 0.9, 1, 0.3, 1], [["G", "e", "C"], [], [], [], []]), truth),
+        outcome(reading("C _ { 2 }", [0.9, 0.5, 1, 0.8, 1], [[], ["+"], [], [], []], ("C ^ { 2 }",)), truth),
+        outcome(reading("c _ { 2 }", [0.9] * 5, [["C"], ["^"], [], [], []]), truth),
+        outcome(reading("C ^ { 2 } 1", [0.9] * 6, [[]] * 6), truth),
+    ]
+    assert [o.fix_rank for o in outcomes] == [None, 1, 3, None, None, None]
+    assert [o.confidence_rank for o in outcomes[1:4]] == [1, 2, 1]
+
+    def pct(k: int, n: int = 6):
+        return pytest.approx(100 * k / n, abs=0.01)
+
+    r = summarize(outcomes)
+    assert (r["exprate"], r["among_readings"], r["one_token_off"]) == (pct(1), pct(2), pct(3))
+    assert r["token_fix_at_k"] == {"1": pct(1), "3": pct(2), "5": pct(2)}
+    assert r["one_click"] == pct(4)
+    assert r["wrong_token_confidence_rank"]["1"] == pct(2, 3)
+
+    for i, latex in enumerate(SYNTHETIC_EXPRESSIONS[:3]):
+        write_inkml(tmp_path / "data" / "mini" / f"e{i}.inkml", ink_for(latex), latex)
+    out = tmp_path / "fixes.json"
+    assert main(["--data", str(tmp_path / "data"), "--split", "mini", "--checkpoint", str(tiny_checkpoint),
+                 "--beam", "3", "--json", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["n"] == 3 and report["exprate"] == 100.0 and report["one_click"] == 100.0

@@ -28,7 +28,9 @@ def _probs(vocab: Vocabulary, rows: list[dict[str, float]]) -> np.ndarray:
 
 def test_offers_the_next_choices_best_first_without_specials_or_the_token_itself(vocab):
     tokens = ["C", "+", "x"]
-    probs = _probs(vocab, [{"C": 0.6, "<eos>": 0.2, "c": 0.1, "G": 0.05}, {"+": 0.9, "t": 0.05}, {"x": 0.5, "X": 0.3}])
+    probs = _probs(
+        vocab, [{"C": 0.6, "<eos>": 0.2, "c": 0.1, "G": 0.05}, {"+": 0.9, "t": 0.05}, {"x": 0.5, "X": 0.3}]
+    )
     alts = token_replacements(tokens, probs, vocab, k=3)
     assert [t for t, _ in alts[0]][:2] == ["c", "G"]  # <eos> is more probable but is not a symbol
     assert alts[0][0][1] == pytest.approx(0.1)
