@@ -116,7 +116,9 @@ class AttentionPanel(QWidget):
         # the selected token's alternatives: "Instead of C:  [c 31%] [G 2%] ..."
         self.replace_label = QLabel("")
         self._replace_buttons: list[QPushButton] = []
-        replace_row = QHBoxLayout()
+        replace_widget = QWidget()
+        replace_row = QHBoxLayout(replace_widget)
+        replace_row.setContentsMargins(0, 0, 0, 0)
         replace_row.addWidget(self.replace_label)
         for k in range(self.MAX_REPLACEMENTS):
             b = QPushButton()
@@ -126,6 +128,7 @@ class AttentionPanel(QWidget):
             shortcut = QShortcut(QKeySequence(str(k + 1)), self, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
             shortcut.activated.connect(lambda k=k: self.request_replacement(k))
         replace_row.addStretch(1)
+        replace_widget.setFixedHeight(self._replace_buttons[0].sizeHint().height())  # no jump when it empties
         self._replacement_choices: list[str] = []
 
         self.input_view = FittedImage("The model's input and its attention appear here.")
@@ -138,7 +141,7 @@ class AttentionPanel(QWidget):
         top.addWidget(self.play_button)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
-        layout.addLayout(replace_row)
+        layout.addWidget(replace_widget)
         layout.addWidget(self.input_view, 1)
         layout.addWidget(self.caption)
 
