@@ -12,6 +12,8 @@ and its reading is compared with the truth:
   panel offers for that position (`Prediction.token_alternatives`), k = 1, 3, 5;
 * `one_click`: right after one action: the first reading, one of the listed
   readings, or one token of the first reading replaced by one of its offered choices;
+* `two_clicks`: ... or two tokens of the first reading replaced by offered choices
+  (each offered for the first reading as the model read it);
 * `wrong_token_confidence_rank`: for readings one token off, how often the wrong
   token is the least confident of the reading (rank 1), among the two or three
   least confident: the strip's colors lead the user to it.
@@ -45,6 +47,7 @@ class Outcome:
     wrong_position: int | None  # the one position where the first reading differs, if only one
     fix_rank: int | None  # 1-based rank of the right token among that position's offered choices
     confidence_rank: int | None  # 1-based rank of the wrong token's probability, least confident first
+    two_fixes: bool = False  # two positions differ, and each one's right token is offered there
 
 
 def outcome(prediction: Prediction, truth: list[str]) -> Outcome:
@@ -52,13 +55,18 @@ def outcome(prediction: Prediction, truth: list[str]) -> Outcome:
     right = tokens == truth
     among = any(a.tokens == truth for a in prediction.alternatives)
     diff = [i for i, (p, t) in enumerate(zip(tokens, truth)) if p != t] if len(tokens) == len(truth) else []
+
+    def offered(i: int) -> list[str]:
+        return (
+            [t for t, _ in prediction.token_alternatives[i]] if i < len(prediction.token_alternatives) else []
+        )
+
+    if len(diff) == 2:
+        return Outcome(False, among, None, None, None, all(truth[i] in offered(i) for i in diff))
     if right or len(diff) != 1:
         return Outcome(right, among or right, None, None, None)
     i = diff[0]
-    offered = (
-        [t for t, _ in prediction.token_alternatives[i]] if i < len(prediction.token_alternatives) else []
-    )
-    fix_rank = offered.index(truth[i]) + 1 if truth[i] in offered else None
+    fix_rank = offered(i).index(truth[i]) + 1 if truth[i] in offered(i) else None
     order = np.argsort(np.asarray(prediction.token_probs), kind="stable").tolist()  # least confident first
     return Outcome(False, among, i, fix_rank, order.index(i) + 1)
 
@@ -81,6 +89,7 @@ def summarize(outcomes: list[Outcome]) -> dict[str, Any]:
         "one_token_off": pct(len(off)),
         "token_fix_at_k": fixes,
         "one_click": pct(one_click),
+        "two_clicks": pct(one_click + sum(o.two_fixes and not o.among_readings for o in outcomes)),
         "wrong_token_confidence_rank": {
             str(k): round(100.0 * sum(o.confidence_rank <= k for o in off) / len(off), 2) if off else 0.0
             for k in (1, 2, 3)

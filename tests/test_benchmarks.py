@@ -272,7 +272,7 @@ def test_token_fixes_counts_readings_one_offered_replacement_from_right(tmp_path
 
     truth = "C ^ { 2 }".split()
     # right; fixed by the first offered choice; by the third; right among the listed readings;
-    # two tokens off; one token too many
+    # two tokens off, both offered; one token too many; two off, one not offered
     outcomes = [
         outcome(reading("C ^ { 2 }", [0.9] * 5, [[]] * 5), truth),
         outcome(reading("c ^ { 2 }", [0.4, 0.9, 1, 0.8, 1], [["C"], [], [], [], []]), truth),
@@ -280,17 +280,19 @@ def test_token_fixes_counts_readings_one_offered_replacement_from_right(tmp_path
         outcome(reading("C _ { 2 }", [0.9, 0.5, 1, 0.8, 1], [[], ["+"], [], [], []], ("C ^ { 2 }",)), truth),
         outcome(reading("c _ { 2 }", [0.9] * 5, [["C"], ["^"], [], [], []]), truth),
         outcome(reading("C ^ { 2 } 1", [0.9] * 6, [[]] * 6), truth),
+        outcome(reading("c _ { 2 }", [0.9] * 5, [["C"], ["+"], [], [], []]), truth),  # `^` is not offered
     ]
-    assert [o.fix_rank for o in outcomes] == [None, 1, 3, None, None, None]
+    assert [o.fix_rank for o in outcomes] == [None, 1, 3, None, None, None, None]
+    assert [o.two_fixes for o in outcomes] == [False] * 4 + [True, False, False]
     assert [o.confidence_rank for o in outcomes[1:4]] == [1, 2, 1]
 
-    def pct(k: int, n: int = 6):
+    def pct(k: int, n: int = 7):
         return pytest.approx(100 * k / n, abs=0.01)
 
     r = summarize(outcomes)
     assert (r["exprate"], r["among_readings"], r["one_token_off"]) == (pct(1), pct(2), pct(3))
     assert r["token_fix_at_k"] == {"1": pct(1), "3": pct(2), "5": pct(2)}
-    assert r["one_click"] == pct(4)
+    assert r["one_click"] == pct(4) and r["two_clicks"] == pct(5)
     assert r["wrong_token_confidence_rank"]["1"] == pct(2, 3)
 
     for i, latex in enumerate(SYNTHETIC_EXPRESSIONS[:3]):
