@@ -60,7 +60,7 @@ class Prediction:
             "alternatives": [
                 {"latex": a.latex, "score": a.score, "probability": a.probability} for a in self.alternatives
             ],
-            "token_alternatives": [[[t, round(p, 6)] for t, p in alts] for alts in self.token_alternatives],
+            "token_alternatives": [[[t, float(f"{p:.3g}")] for t, p in alts] for alts in self.token_alternatives],
             "timings_ms": self.timings_ms,
             "device": self.device,
             "image_shape": list(self.image.shape),
