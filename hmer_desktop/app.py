@@ -1,8 +1,8 @@
 """`hmer-desktop` / `python main.py`: start the app.
 
 `hmer-desktop --smoke-test INK.inkml --screenshot OUT.png` opens the window,
-loads the ink, waits for the recognition, selects the first token so its
-attention shows, saves a screenshot of the window and exits 0 (1 with a
+loads the ink, waits for the recognition, selects the token the model is
+least sure of so its attention and alternatives show, saves a screenshot of the window and exits 0 (1 with a
 message on any failure).
 """
 
@@ -108,7 +108,7 @@ def _smoke_test(app, window, ink: Path, screenshot: str | None, timeout: float) 
     else:
         prediction = outcome["prediction"]
         if prediction.tokens:
-            window.attention.select(0)
+            window.attention.select(int(prediction.token_probs.argmin()))  # the likeliest to need a fix
         for _ in range(3):  # new widgets take more than one round of layout requests to settle
             app.processEvents()
         print(prediction.latex)
