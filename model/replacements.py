@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.syntax import broken_rule
+from model.syntax import RULE_TOKENS, broken_rule
 from model.vocab import Vocabulary
-
-# Tokens a rule of `model.syntax` looks at: replacing one of them, or by one of them, may
-# unbalance a group; a swap between two other symbols never can.
-_SYNTAX_TOKENS = frozenset(["{", "}", "^", "_", "\\frac", "\\sqrt", "["])
 
 
 def token_replacements(
@@ -50,7 +46,7 @@ def token_replacements(
             candidate = vocab.tokens[j]
             if j < first_symbol or candidate == token:
                 continue
-            if check_syntax and (token in _SYNTAX_TOKENS or candidate in _SYNTAX_TOKENS):
+            if check_syntax and (token in RULE_TOKENS or candidate in RULE_TOKENS):
                 if broken_rule([*tokens[:i], candidate, *tokens[i + 1 :]]) is not None:
                     continue
             offered.append((candidate, float(row[j])))

@@ -25,6 +25,9 @@ from torch import Tensor
 
 from model.vocab import Vocabulary
 
+# The only tokens `broken_rule` looks at: a swap between two other symbols never breaks a rule.
+RULE_TOKENS = frozenset(["{", "}", "^", "_", "\\frac", "\\sqrt", "["])
+
 
 def broken_rule(tokens: list[str]) -> str | None:
     """The first rule a finished reading breaks, in words, or None when it keeps them all."""

@@ -69,6 +69,12 @@ class FittedImage(QLabel):
         self._fit()
 
 
+def _fit_text(button: QToolButton, text: str) -> None:
+    """Show `text` on a token button, wide enough for it with the style sheet's padding."""
+    button.setText(text)
+    button.setMinimumWidth(max(button.sizeHint().width(), button.fontMetrics().horizontalAdvance(text) + 24))
+
+
 def _percent(p: float) -> str:
     return "<1%" if p < 0.01 else f"{p:.0%}"
 
@@ -162,14 +168,13 @@ class AttentionPanel(QWidget):
         for i, (tok, p) in enumerate(zip(prediction.tokens, prediction.token_probs)):
             b = _TokenButton(i)
             b.hovered.connect(self._hover)
-            b.setText(tok)
             b.setCheckable(True)
             b.setToolTip(f"{tok}: p = {p:.3f}")
             c = confidence_color(p)
             b.setStyleSheet(f"QToolButton {{ background: {c.name()}; color: black; padding: 3px 6px; }}"
                             "QToolButton:checked { border: 2px solid #1a4fd6; }")  # fmt: skip
             b.ensurePolished()  # apply the style sheet's padding before measuring
-            b.setMinimumWidth(max(b.sizeHint().width(), b.fontMetrics().horizontalAdvance(tok) + 24))
+            _fit_text(b, tok)
             self._group.addButton(b, i)
             self._strip_layout.insertWidget(i, b)
             b.show()  # now, not when the layout's queued show runs: the strip measures at once
@@ -245,14 +250,13 @@ class AttentionPanel(QWidget):
         else:
             self.replaced[index] = token
         b = self._buttons[index]
-        b.setText(token)
         font = b.font()
         font.setItalic(index in self.replaced)
         font.setUnderline(index in self.replaced)
         b.setFont(font)
+        _fit_text(b, token)
         read = f"{p.tokens[index]}: p = {p.token_probs[index]:.3f}"
         b.setToolTip(f"{token}, corrected by you (the model read {read})" if index in self.replaced else read)
-        b.setMinimumWidth(max(b.sizeHint().width(), b.fontMetrics().horizontalAdvance(token) + 24))
         if index == self.selected:
             self._show_replacements(index)
 
