@@ -61,6 +61,11 @@ def with_style(example: Example, slant: float, squeeze: float) -> Example:
     return replace(example, strokes=strokes)
 
 
+def check_changes(before: list[bool], after: list[bool]) -> list[int]:
+    """[read before but not after, read after but not before] on the same expressions."""
+    return [sum(b and not a for b, a in zip(before, after)), sum(a and not b for b, a in zip(before, after))]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
@@ -129,6 +134,7 @@ def main() -> int:
         check_before = read_correctly(base, vocab, check)
         correct_after, others_after, steps, fit = 0.0, [], [], []
         correct_limited, others_limited, shares = 0.0, [], []
+        check_by_fold: list[dict] = []
         by_share = {share: [0.0, []] for share in args.shares}  # share -> [correct on the writer, others per fold]
         for fold in range(args.folds):
             adapt = [e for e, f in zip(mine, fold_of) if f != fold]
@@ -138,11 +144,15 @@ def main() -> int:
                 adapted, _, _ = load_checkpoint(report.output)
             correct_after += exprate(adapted, vocab, test) * len(test) / 100
             others_after.append(exprate(adapted, vocab, others))
+            # what the check saw at each share, so that other rules for the limit can be judged offline
+            check_seen = {"1.0": check_changes(check_before, read_correctly(adapted, vocab, check))}
             tuned = {k: v.clone() for k, v in adapted.state_dict().items()}
             for share, (_, others_share) in by_share.items():
                 adapted.load_state_dict(mix_weights(base_state, tuned, share))
                 by_share[share][0] += exprate(adapted, vocab, test) * len(test) / 100
                 others_share.append(exprate(adapted, vocab, others))
+                check_seen[str(share)] = check_changes(check_before, read_correctly(adapted, vocab, check))
+            check_by_fold.append(check_seen)
             adapted.load_state_dict(tuned)
             share, _, _ = limit_forgetting(adapted, base_state, vocab, check, check_before, args.max_forgetting,
                                            kept_shares)  # fmt: skip
@@ -157,7 +167,8 @@ def main() -> int:
                "limited": {"shares": shares, "writer_after": 100 * correct_limited / len(mine),
                            "others_after": float(np.mean(others_limited))},
                "by_share": {str(share): {"writer_after": 100 * c / len(mine), "others_after": float(np.mean(o))}
-                            for share, (c, o) in by_share.items()}}  # fmt: skip
+                            for share, (c, o) in by_share.items()},
+               "check_lost_gained": check_by_fold}  # fmt: skip
         rows.append(row)
         print(f"writer {writer}: " + (f"{plain:.1f}% plain, " if styled else "") +
               f"{row['writer_before']:.1f}% -> {row['writer_after']:.1f}% on their {len(mine)}; "

@@ -113,6 +113,9 @@ def test_adaptation_benchmark_tests_every_expression_of_a_writer_once(tmp_path, 
     # and, when asked, keeping only part of each fold's weight change
     assert set(row["by_share"]) == {"0.5"} and set(report["by_share"]["0.5"]) == {"pooled_writer_after",
                                                                                   "mean_others_change"}
+    # what the check saw per fold and share (expressions lost, gained), to judge other limit rules offline
+    assert len(row["check_lost_gained"]) == 2 and all(set(fold) == {"1.0", "0.5"} for fold in row["check_lost_gained"])
+    assert all(0 <= n <= 1 for fold in row["check_lost_gained"] for pair in fold.values() for n in pair)
 
 
 def test_adaptation_benchmark_can_pass_over_the_writers_an_earlier_run_measured(tmp_path, tiny_checkpoint):
