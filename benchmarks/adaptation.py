@@ -134,7 +134,7 @@ def main() -> int:
         check_before = read_correctly(base, vocab, check)
         correct_after, others_after, steps, fit = 0.0, [], [], []
         correct_limited, others_limited, shares = 0.0, [], []
-        check_by_fold: list[dict] = []
+        per_fold: list[dict] = []
         by_share = {share: [0.0, []] for share in args.shares}  # share -> [correct on the writer, others per fold]
         for fold in range(args.folds):
             adapt = [e for e, f in zip(mine, fold_of) if f != fold]
@@ -142,17 +142,22 @@ def main() -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 report = finetune(args.checkpoint, adapt, Path(tmp) / "adapted.pt", config, replay=replay)
                 adapted, _, _ = load_checkpoint(report.output)
-            correct_after += exprate(adapted, vocab, test) * len(test) / 100
-            others_after.append(exprate(adapted, vocab, others))
-            # what the check saw at each share, so that other rules for the limit can be judged offline
-            check_seen = {"1.0": check_changes(check_before, read_correctly(adapted, vocab, check))}
             tuned = {k: v.clone() for k, v in adapted.state_dict().items()}
-            for share, (_, others_share) in by_share.items():
+            # each share measured on the writer's test fold, the others and the check (expressions lost,
+            # gained), so that other shares and other rules for the limit can be judged offline
+            measured = {}
+            for share in (1.0, *args.shares):
                 adapted.load_state_dict(mix_weights(base_state, tuned, share))
-                by_share[share][0] += exprate(adapted, vocab, test) * len(test) / 100
-                others_share.append(exprate(adapted, vocab, others))
-                check_seen[str(share)] = check_changes(check_before, read_correctly(adapted, vocab, check))
-            check_by_fold.append(check_seen)
+                measured[str(share)] = {"test_read": round(exprate(adapted, vocab, test) * len(test) / 100),
+                                        "others": exprate(adapted, vocab, others),
+                                        "check_lost_gained": check_changes(check_before,
+                                                                           read_correctly(adapted, vocab, check))}
+            per_fold.append({"test": len(test), "by_share": measured})
+            correct_after += measured["1.0"]["test_read"]
+            others_after.append(measured["1.0"]["others"])
+            for share, (_, others_share) in by_share.items():
+                by_share[share][0] += measured[str(share)]["test_read"]
+                others_share.append(measured[str(share)]["others"])
             adapted.load_state_dict(tuned)
             share, _, _ = limit_forgetting(adapted, base_state, vocab, check, check_before, args.max_forgetting,
                                            kept_shares)  # fmt: skip
@@ -168,7 +173,7 @@ def main() -> int:
                            "others_after": float(np.mean(others_limited))},
                "by_share": {str(share): {"writer_after": 100 * c / len(mine), "others_after": float(np.mean(o))}
                             for share, (c, o) in by_share.items()},
-               "check_lost_gained": check_by_fold}  # fmt: skip
+               "folds": per_fold}  # fmt: skip
         rows.append(row)
         print(f"writer {writer}: " + (f"{plain:.1f}% plain, " if styled else "") +
               f"{row['writer_before']:.1f}% -> {row['writer_after']:.1f}% on their {len(mine)}; "

@@ -113,9 +113,13 @@ def test_adaptation_benchmark_tests_every_expression_of_a_writer_once(tmp_path, 
     # and, when asked, keeping only part of each fold's weight change
     assert set(row["by_share"]) == {"0.5"} and set(report["by_share"]["0.5"]) == {"pooled_writer_after",
                                                                                   "mean_others_change"}
-    # what the check saw per fold and share (expressions lost, gained), to judge other limit rules offline
-    assert len(row["check_lost_gained"]) == 2 and all(set(fold) == {"1.0", "0.5"} for fold in row["check_lost_gained"])
-    assert all(0 <= n <= 1 for fold in row["check_lost_gained"] for pair in fold.values() for n in pair)
+    # each fold at each share: the writer's test fold, the others, what the check saw (lost, gained),
+    # to judge other limit rules offline; the folds add up to the writer's figures
+    assert [set(f["by_share"]) for f in row["folds"]] == [{"1.0", "0.5"}] * 2
+    assert sum(f["test"] for f in row["folds"]) == 4
+    assert all(0 <= n <= 1 for f in row["folds"] for m in f["by_share"].values() for n in m["check_lost_gained"])
+    assert sum(f["by_share"]["0.5"]["test_read"] for f in row["folds"]) * 25 == pytest.approx(row["by_share"]["0.5"]["writer_after"])
+    assert sum(f["by_share"]["1.0"]["test_read"] for f in row["folds"]) * 25 == pytest.approx(row["writer_after"])
 
 
 def test_adaptation_benchmark_can_pass_over_the_writers_an_earlier_run_measured(tmp_path, tiny_checkpoint):
