@@ -75,14 +75,13 @@ class FinetuneService:
         parent = self.store.active_model()
 
         def work():
-            from train.data import Example, load_split
-            from train.finetune import FinetuneConfig, finetune
+            from train.data import Example
+            from train.finetune import FinetuneConfig, crohme_replay_and_check, finetune
 
             samples = [Example(f"sample{s.id}", s.strokes, s.tokens, source=f"sample {s.id}") for s in self.store.samples()]
             replay = base_eval = None
             if crohme_dir is not None and (crohme_dir / "train").exists():
-                replay, _ = load_split(crohme_dir, "train", self.store.vocab)
-                base_eval, _ = load_split(crohme_dir, "2014", self.store.vocab, limit=100)
+                replay, base_eval = crohme_replay_and_check(crohme_dir, self.store.vocab)
             start = time.monotonic()
 
             def progress(step: int, total: int, info: dict) -> None:

@@ -301,8 +301,13 @@ def test_the_finetune_dialog_limits_forgetting_only_when_it_can_check(qtbot, mak
     dialog.keep_knowledge.setChecked(False)
     with qtbot.waitSignal(dialog.relay.finished, timeout=120_000):
         dialog.start_button.click()
-    assert asked == [None] and dialog.result[0].mix == 0.75  # the default share, nothing checked
-    assert "Kept 75% of the weight change" in dialog.report.toPlainText()
+    assert asked == [None] and dialog.result[0].mix == 0.5  # the default share, nothing checked
+    assert "Kept 50% of the weight change" in dialog.report.toPlainText()
+    # the tooltip names the share and the check size the fine-tune uses
+    from train.finetune import CHECK_EXPRESSIONS, FinetuneConfig
+
+    tip = dialog.keep_knowledge.toolTip()
+    assert f"keeps {FinetuneConfig.keep:.0%}" in tip and f"on {CHECK_EXPRESSIONS} CROHME" in tip
     dialog.keep_knowledge.setChecked(True)
     with qtbot.waitSignal(dialog.relay.finished, timeout=120_000):
         dialog.start_button.click()

@@ -108,7 +108,7 @@ def test_adaptation_benchmark_tests_every_expression_of_a_writer_once(tmp_path, 
     # each fold measured again as the app keeps it: at most the default share of the change, less
     # when the forgetting limit's check set (apart from the forgetting sample) requires
     assert len(row["limited"]["shares"]) == 2 and all(s in (0.75, 0.5, 0.25, 0.0) for s in row["limited"]["shares"])
-    assert report["keep"] == 0.75 and report["max_forgetting"] == 1.0 and report["check"] == 1
+    assert report["keep"] == 0.5 and report["max_forgetting"] == 1.0 and report["check"] == 1
     assert {"limited_pooled_writer_after", "limited_mean_others_change"} <= set(report)
     # and, when asked, keeping only part of each fold's weight change
     assert set(row["by_share"]) == {"0.5"} and set(report["by_share"]["0.5"]) == {"pooled_writer_after",

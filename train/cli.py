@@ -23,9 +23,9 @@ def finetune_main(argv: list[str]) -> int:
     parser.add_argument("--trainable", choices=("encoder", "norm", "all"), default="encoder",
                         help="encoder (default): adapt to the handwriting, keep the decoder; norm: only the "
                         "encoder's normalization scales and shifts; all: every weight")
-    parser.add_argument("--keep", type=float, default=0.75,
+    parser.add_argument("--keep", type=float, default=0.5,
                         help="share of the fine-tune's weight change kept, the rest of the way back to --base "
-                        "(default 0.75; 1 keeps all of it)")
+                        "(default 0.5; 1 keeps all of it)")
     parser.add_argument("--max-forgetting", type=float, default=1.0,
                         help="ExpRate points the 2014 check (needs --data) may lose; beyond that a smaller "
                         "share of the weight change is kept (default 1)")
@@ -36,8 +36,8 @@ def finetune_main(argv: list[str]) -> int:
     from pathlib import Path
 
     from model.checkpoint import CheckpointError
-    from train.data import Example, load_split
-    from train.finetune import FinetuneConfig, finetune
+    from train.data import Example
+    from train.finetune import FinetuneConfig, crohme_replay_and_check, finetune
     from train.samples import SampleError, SampleStore
 
     if not Path(args.samples).is_file():
@@ -49,8 +49,7 @@ def finetune_main(argv: list[str]) -> int:
         samples = [Example(f"sample{s.id}", s.strokes, s.tokens, source=f"sample {s.id}") for s in store.samples()]
         replay = base_eval = None
         if args.data:
-            replay, _ = load_split(args.data, "train", store.vocab)
-            base_eval, _ = load_split(args.data, "2014", store.vocab, limit=100)
+            replay, base_eval = crohme_replay_and_check(args.data, store.vocab)
         config = FinetuneConfig(max_steps=args.steps, lr=args.lr, trainable=args.trainable, keep=args.keep,
                                 max_forgetting=args.max_forgetting)
         report = finetune(args.base, samples, args.out, config, replay=replay, base_eval=base_eval)

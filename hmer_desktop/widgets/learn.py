@@ -166,9 +166,9 @@ class FinetuneDialog(QDialog):
         self.keep_knowledge.setChecked(crohme_dir is not None)
         self.keep_knowledge.setEnabled(crohme_dir is not None)
         self.keep_knowledge.setToolTip(
-            "After training, the new version (which keeps 75% of what it learned) is checked on 100 CROHME "
+            "After training, the new version (which keeps 50% of what it learned) is checked on 300 CROHME "
             "2014 expressions. If it reads them more than 1 point worse than before, beyond what chance "
-            "explains on 100 expressions, a smaller part is kept (50%, 25% or none). Untick it to skip the "
+            "explains on 300 expressions, a smaller part is kept (25% or none). Untick it to skip the "
             "check."
             if crohme_dir else "Needs a CROHME folder (Preferences) to check what the model forgot."
         )
