@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model.checkpoint import load_checkpoint  # noqa: E402
 from train.data import Example, load_split  # noqa: E402
 from train.finetune import (  # noqa: E402
-    TRAINABLE, FinetuneConfig, exprate, finetune, limit_forgetting, mix_weights, read_correctly,
+    CHECK_EXPRESSIONS, TRAINABLE, FinetuneConfig, exprate, finetune, limit_forgetting, mix_weights, read_correctly,
 )
 
 
@@ -77,8 +77,9 @@ def main() -> int:
                              "to an earlier run's sample)")
     parser.add_argument("--folds", type=int, default=2, help="folds per writer (2: adapt on half, test on the other)")
     parser.add_argument("--others", type=int, default=300, help="expressions of other writers to watch for forgetting")
-    parser.add_argument("--check", type=int, default=100,
-                        help="other writers' expressions the forgetting limit checks (disjoint from --others)")
+    parser.add_argument("--check", type=int, default=CHECK_EXPRESSIONS,
+                        help="other writers' expressions the forgetting limit checks (disjoint from --others; "
+                        "default: as many as the app's check)")
     parser.add_argument("--keep", type=float, default=FinetuneConfig.keep,
                         help="share of each fine-tune's weight change the app keeps (before the limit)")
     parser.add_argument("--max-forgetting", type=float, default=FinetuneConfig.max_forgetting,
