@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model.checkpoint import load_checkpoint  # noqa: E402
 from train.data import Example, load_split  # noqa: E402
 from train.finetune import (  # noqa: E402
-    CHECK_EXPRESSIONS, TRAINABLE, FinetuneConfig, exprate, finetune, limit_forgetting, mix_weights, read_correctly,
+    CHECK_EXPRESSIONS, TRAINABLE, FinetuneConfig, exprate, finetune, limit_forgetting, lost_and_gained,
+    mix_weights, read_correctly,
 )
 
 
@@ -61,11 +62,6 @@ def with_style(example: Example, slant: float, squeeze: float) -> Example:
     return replace(example, strokes=strokes)
 
 
-def check_changes(before: list[bool], after: list[bool]) -> list[int]:
-    """[read before but not after, read after but not before] on the same expressions."""
-    return [sum(b and not a for b, a in zip(before, after)), sum(a and not b for b, a in zip(before, after))]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
@@ -78,8 +74,8 @@ def main() -> int:
     parser.add_argument("--folds", type=int, default=2, help="folds per writer (2: adapt on half, test on the other)")
     parser.add_argument("--others", type=int, default=300, help="expressions of other writers to watch for forgetting")
     parser.add_argument("--check", type=int, default=CHECK_EXPRESSIONS,
-                        help="other writers' expressions the forgetting limit checks (disjoint from --others; "
-                        "default: as many as the app's check)")
+                        help="other writers' expressions the forgetting limit checks (disjoint from "
+                        "--others; default: as many as the app's check)")
     parser.add_argument("--keep", type=float, default=FinetuneConfig.keep,
                         help="share of each fine-tune's weight change the app keeps (before the limit)")
     parser.add_argument("--max-forgetting", type=float, default=FinetuneConfig.max_forgetting,
@@ -149,10 +145,10 @@ def main() -> int:
             measured = {}
             for share in (1.0, *args.shares):
                 adapted.load_state_dict(mix_weights(base_state, tuned, share))
+                lost_gained = lost_and_gained(check_before, read_correctly(adapted, vocab, check))
                 measured[str(share)] = {"test_read": round(exprate(adapted, vocab, test) * len(test) / 100),
                                         "others": exprate(adapted, vocab, others),
-                                        "check_lost_gained": check_changes(check_before,
-                                                                           read_correctly(adapted, vocab, check))}
+                                        "check_lost_gained": lost_gained}
             per_fold.append({"test": len(test), "by_share": measured})
             correct_after += measured["1.0"]["test_read"]
             others_after.append(measured["1.0"]["others"])

@@ -346,19 +346,19 @@ def test_the_forgetting_check_backs_off_only_from_a_loss_beyond_its_noise():
     assert forgetting_beyond_noise(before, before) == 0.0
 
 
-def test_the_forgetting_check_reads_the_first_check_expressions_of_2014_and_replays_all_training(tmp_path, monkeypatch):
+def test_the_forgetting_check_reads_the_first_of_2014_and_replay_all_of_train(tmp_path, monkeypatch):
     # The app and `hmer-train finetune --data` read the same check: the first CHECK_EXPRESSIONS
     # of CROHME 2014 (a fixed set, so versions are compared on the same expressions).
-    from tests.conftest import SYNTHETIC_EXPRESSIONS
     from model.inkml import write_inkml
+    from model.vocab import Vocabulary
+    from tests.conftest import SYNTHETIC_EXPRESSIONS
     from train import finetune as finetune_module
-    from train.samples import SampleStore
 
     for i, latex in enumerate(SYNTHETIC_EXPRESSIONS[:5]):
         for split in ("train", "2014"):
             write_inkml(tmp_path / split / f"{split}{i}.inkml", ink_for(latex), latex)
     monkeypatch.setattr(finetune_module, "CHECK_EXPRESSIONS", 3)
-    vocab = SampleStore(tmp_path / "s.db").vocab
+    vocab = Vocabulary.default()
     replay, check = finetune_module.crohme_replay_and_check(tmp_path, vocab)
     assert len(replay) == 5 and len(check) == 3
     assert [e.tokens for e in check] == [e.tokens for e in load_split(tmp_path, "2014", vocab, limit=3)[0]]

@@ -163,13 +163,17 @@ def percent(flags: list[bool]) -> float:
     return 100.0 * sum(flags) / len(flags) if flags else 0.0
 
 
+def lost_and_gained(before: list[bool], after: list[bool]) -> tuple[int, int]:
+    """Expressions read right before but not after, and after but not before (the same expressions)."""
+    return sum(b and not a for b, a in zip(before, after)), sum(a and not b for b, a in zip(before, after))
+
+
 def forgetting_beyond_noise(before: list[bool], after: list[bool], z: float = 1.645) -> float:
     """ExpRate points lost from `before` to `after` on the same expressions, less what
     chance could explain: the one-sided 95% lower bound of the paired (McNemar)
     difference. A hundred expressions measure a loss only to a few points: when ten of
     them change, a point is well inside the noise."""
-    lost = sum(b and not a for b, a in zip(before, after))
-    gained = sum(a and not b for b, a in zip(before, after))
+    lost, gained = lost_and_gained(before, after)
     return 100.0 * (lost - gained - z * math.sqrt(lost + gained)) / max(1, len(before))
 
 
