@@ -38,11 +38,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from model.atomic import atomic_write  # noqa: E402
 from model.checkpoint import load_checkpoint  # noqa: E402
+from model.hmer import HMER  # noqa: E402
+from model.vocab import Vocabulary  # noqa: E402
 from train.data import Example, load_split  # noqa: E402
 from train.finetune import (  # noqa: E402
     CHECK_EXPRESSIONS, TRAINABLE, FinetuneConfig, exprate, finetune, limit_forgetting, lost_and_gained,
-    mix_weights, read_correctly,
+    mix_weights, percent, read_correctly,
 )
 
 
@@ -62,6 +65,56 @@ def with_style(example: Example, slant: float, squeeze: float) -> Example:
     return replace(example, strokes=strokes)
 
 
+def _count_or_all(text: str) -> int | None:
+    """A number of expressions, or None for 'all'."""
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def measure(
+    model: HMER, vocab: Vocabulary, test: list[Example], others: tuple[list[Example], list[bool]],
+    check: tuple[list[Example], list[bool]],
+) -> dict:  # fmt: skip
+    """What `model` reads: of the writer's test fold, and of the others and the check, each given with
+    the base model's flags (ExpRate, expressions lost and gained)."""
+    others_after = read_correctly(model, vocab, others[0])
+    return {"test_read": sum(read_correctly(model, vocab, test)), "others": percent(others_after),
+            "others_lost_gained": lost_and_gained(others[1], others_after),
+            "check_lost_gained": lost_and_gained(check[1], read_correctly(model, vocab, check[0]))}
+
+
+def summarize(rows: list[dict], args: argparse.Namespace, replay: bool) -> dict:
+    """The report over the writers measured so far."""
+    total = sum(r["expressions"] for r in rows)
+    return {
+        "checkpoint": str(args.checkpoint), "writers": rows, "skip_writers": args.skip_writers,
+        "decode": "greedy", "folds": args.folds,
+        "steps": args.steps, "lr": args.lr, "trainable": args.trainable, "replay": replay,
+        "simulated_style": {"slant": args.slant, "squeeze": args.squeeze},
+        "others": "all" if args.others is None else args.others,
+        "pooled_writer_before": sum(r["writer_before"] * r["expressions"] for r in rows) / max(1, total),
+        "pooled_writer_after": sum(r["writer_after"] * r["expressions"] for r in rows) / max(1, total),
+        "mean_writer_gain": float(np.mean([r["writer_after"] - r["writer_before"] for r in rows])) if rows else 0.0,
+        "mean_others_change": float(np.mean([r["others_after"] - r["others_before"] for r in rows])) if rows else 0.0,
+        "keep": args.keep, "max_forgetting": args.max_forgetting, "check": args.check,
+        "limited_pooled_writer_after": sum(r["limited"]["writer_after"] * r["expressions"] for r in rows) / max(1, total),
+        "limited_mean_others_change": float(np.mean([r["limited"]["others_after"] - r["others_before"] for r in rows]))
+        if rows else 0.0,
+        "by_share": {str(share): {
+            "pooled_writer_after": sum(r["by_share"][str(share)]["writer_after"] * r["expressions"] for r in rows)
+            / max(1, total),
+            "mean_others_change": float(np.mean([r["by_share"][str(share)]["others_after"] - r["others_before"]
+                                                 for r in rows])) if rows else 0.0} for share in args.shares},
+    }  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
@@ -72,7 +125,9 @@ def main() -> int:
                         help="pass over this many of the writers with the most expressions first (to add writers "
                              "to an earlier run's sample)")
     parser.add_argument("--folds", type=int, default=2, help="folds per writer (2: adapt on half, test on the other)")
-    parser.add_argument("--others", type=int, default=300, help="expressions of other writers to watch for forgetting")
+    parser.add_argument("--others", type=_count_or_all, default=300,
+                        help="expressions of other writers to watch for forgetting ('all': every one not in "
+                        "the check)")
     parser.add_argument("--check", type=int, default=CHECK_EXPRESSIONS,
                         help="other writers' expressions the forgetting limit checks (disjoint from "
                         "--others; default: as many as the app's check)")
@@ -126,8 +181,10 @@ def main() -> int:
         fold_of = np.random.default_rng(0).permutation(len(mine)) % args.folds
         pool = [e for e in examples if e.writer != writer]
         pool = [pool[i] for i in np.random.default_rng(1).permutation(len(pool))]
-        others, check = pool[: args.others], pool[args.others : args.others + args.check]
-        before_writer, before_others = exprate(base, vocab, mine), exprate(base, vocab, others)
+        n_others = len(pool) - args.check if args.others is None else args.others
+        others, check = pool[:n_others], pool[n_others : n_others + args.check]
+        others_before = read_correctly(base, vocab, others)
+        before_writer, before_others = exprate(base, vocab, mine), percent(others_before)
         check_before = read_correctly(base, vocab, check)
         correct_after, others_after, steps, fit = 0.0, [], [], []
         correct_limited, others_limited, shares = 0.0, [], []
@@ -141,15 +198,13 @@ def main() -> int:
                 adapted, _, _ = load_checkpoint(report.output)
             tuned = {k: v.clone() for k, v in adapted.state_dict().items()}
             # each share measured on the writer's test fold, the others and the check (expressions lost,
-            # gained), so that other shares and other rules for the limit can be judged offline
+            # gained), so that other shares and other rules for the limit can be judged offline, and
+            # whether a writer's loss elsewhere is beyond chance (the others' lost and gained)
+            sets = {"test": test, "others": (others, others_before), "check": (check, check_before)}
             measured = {}
             for share in (1.0, *args.shares):
                 adapted.load_state_dict(mix_weights(base_state, tuned, share))
-                lost_gained = lost_and_gained(check_before, read_correctly(adapted, vocab, check))
-                measured[str(share)] = {"test_read": round(exprate(adapted, vocab, test) * len(test) / 100),
-                                        "others": exprate(adapted, vocab, others),
-                                        "check_lost_gained": lost_gained}
-            per_fold.append({"test": len(test), "by_share": measured})
+                measured[str(share)] = measure(adapted, vocab, **sets)
             correct_after += measured["1.0"]["test_read"]
             others_after.append(measured["1.0"]["others"])
             for share, (_, others_share) in by_share.items():
@@ -158,9 +213,12 @@ def main() -> int:
             adapted.load_state_dict(tuned)
             share, _, _ = limit_forgetting(adapted, base_state, vocab, check, check_before, args.max_forgetting,
                                            kept_shares)  # fmt: skip
+            # the share the limit kept (now in `adapted`), read again only when it was not measured above
+            limited = measured.get(str(share)) or measure(adapted, vocab, **sets)
+            per_fold.append({"test": len(test), "by_share": measured, "limited": {"share": share, **limited}})
             shares.append(share)
-            correct_limited += exprate(adapted, vocab, test) * len(test) / 100
-            others_limited.append(exprate(adapted, vocab, others))
+            correct_limited += limited["test_read"]
+            others_limited.append(limited["others"])
             steps.append(report.steps)
             fit.append((report.train_before, report.train_after))  # did it learn its own samples?
         row = {"writer": writer, "expressions": len(mine), "steps": steps, "adapt_set_before_after": fit,
@@ -180,29 +238,11 @@ def main() -> int:
               f"others {row['limited']['others_after']:.1f}%" +
               "".join(f"; keeping {k}: {v['writer_after']:.1f}% on theirs, others {v['others_after']:.1f}%"
                       for k, v in row["by_share"].items()), flush=True)  # fmt: skip
-    total = sum(r["expressions"] for r in rows)
-    summary = {
-        "checkpoint": str(args.checkpoint), "writers": rows, "skip_writers": args.skip_writers,
-        "decode": "greedy", "folds": args.folds,
-        "steps": args.steps, "lr": args.lr, "trainable": args.trainable, "replay": replay is not None,
-        "simulated_style": {"slant": args.slant, "squeeze": args.squeeze},
-        "pooled_writer_before": sum(r["writer_before"] * r["expressions"] for r in rows) / max(1, total),
-        "pooled_writer_after": sum(r["writer_after"] * r["expressions"] for r in rows) / max(1, total),
-        "mean_writer_gain": float(np.mean([r["writer_after"] - r["writer_before"] for r in rows])) if rows else 0.0,
-        "mean_others_change": float(np.mean([r["others_after"] - r["others_before"] for r in rows])) if rows else 0.0,
-        "keep": args.keep, "max_forgetting": args.max_forgetting, "check": args.check,
-        "limited_pooled_writer_after": sum(r["limited"]["writer_after"] * r["expressions"] for r in rows) / max(1, total),
-        "limited_mean_others_change": float(np.mean([r["limited"]["others_after"] - r["others_before"] for r in rows]))
-        if rows else 0.0,
-        "by_share": {str(share): {
-            "pooled_writer_after": sum(r["by_share"][str(share)]["writer_after"] * r["expressions"] for r in rows)
-            / max(1, total),
-            "mean_others_change": float(np.mean([r["by_share"][str(share)]["others_after"] - r["others_before"]
-                                                 for r in rows])) if rows else 0.0} for share in args.shares},
-    }  # fmt: skip
+        if args.json:  # after each writer, so that an interrupted run keeps what it measured
+            report_json = json.dumps(summarize(rows, args, replay is not None), indent=2).encode()
+            atomic_write(args.json, lambda f, data=report_json: f.write(data))
+    summary = summarize(rows, args, replay is not None)
     print(json.dumps({k: v for k, v in summary.items() if k != "writers"}, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2))
     return 0
 
 

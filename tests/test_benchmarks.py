@@ -122,6 +122,31 @@ def test_adaptation_benchmark_tests_every_expression_of_a_writer_once(tmp_path, 
     read = {share: sum(f["by_share"][share]["test_read"] for f in row["folds"]) for share in ("1.0", "0.5")}
     assert 100 * read["1.0"] / 4 == pytest.approx(row["writer_after"])
     assert 100 * read["0.5"] / 4 == pytest.approx(row["by_share"]["0.5"]["writer_after"])
+    # the others' expressions lost and gained, to tell a writer's loss elsewhere from chance
+    for m in (m for f in row["folds"] for m in f["by_share"].values()):
+        lost, gained = m["others_lost_gained"]
+        assert m["others"] == pytest.approx(row["others_before"] + 100 * (gained - lost))  # of one expression
+    limited = [f["limited"] for f in row["folds"]]
+    assert [m["share"] for m in limited] == row["limited"]["shares"]
+    assert 100 * sum(m["test_read"] for m in limited) / 4 == pytest.approx(row["limited"]["writer_after"])
+
+
+def test_adaptation_benchmark_can_watch_every_other_expression(tmp_path, tiny_checkpoint):
+    data = tmp_path / "data"
+    _two_writers(data)
+    out = tmp_path / "adapt.json"
+    args = ["benchmarks/adaptation.py", "--data", str(data), "--checkpoint", str(tiny_checkpoint), "--splits", "2014",
+            "--writers", "1", "--steps", "1", "--check", "1", "--no-replay", "--json", str(out)]  # fmt: skip
+    done = _run(*args, "--others", "all")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    # writer 7's four expressions are the writer's; of writer 8's three, one is the check, two the others
+    assert report["others"] == "all"
+    lost, gained = report["writers"][0]["folds"][0]["by_share"]["1.0"]["others_lost_gained"]
+    assert 0 <= lost + gained <= 2
+    assert report["writers"][0]["others_before"] in (0.0, 50.0, 100.0)
+    refused = _run(*args, "--others", "some")
+    assert refused.returncode == 2 and "--others" in refused.stderr
 
 
 def test_adaptation_benchmark_can_pass_over_the_writers_an_earlier_run_measured(tmp_path, tiny_checkpoint):
