@@ -223,6 +223,7 @@ def main() -> int:
             fit.append((report.train_before, report.train_after))  # did it learn its own samples?
         row = {"writer": writer, "expressions": len(mine), "steps": steps, "adapt_set_before_after": fit,
                "writer_plain": plain, "writer_before": before_writer, "writer_after": 100 * correct_after / len(mine),
+               "others_expressions": len(others), "check_expressions": len(check),
                "others_before": before_others, "others_after": float(np.mean(others_after)),
                "limited": {"shares": shares, "writer_after": 100 * correct_limited / len(mine),
                            "others_after": float(np.mean(others_limited))},

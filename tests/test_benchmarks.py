@@ -142,6 +142,7 @@ def test_adaptation_benchmark_can_watch_every_other_expression(tmp_path, tiny_ch
     report = json.loads(out.read_text())
     # writer 7's four expressions are the writer's; of writer 8's three, one is the check, two the others
     assert report["others"] == "all"
+    assert report["writers"][0]["others_expressions"] == 2 and report["writers"][0]["check_expressions"] == 1
     lost, gained = report["writers"][0]["folds"][0]["by_share"]["1.0"]["others_lost_gained"]
     assert 0 <= lost + gained <= 2
     assert report["writers"][0]["others_before"] in (0.0, 50.0, 100.0)
