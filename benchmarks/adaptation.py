@@ -6,7 +6,9 @@ each fold is recognized by a model fine-tuned on the writer's other folds, so
 every expression of the writer is tested once, by a model that never saw it
 (a writer has only 15-40 expressions: one split would leave a test set where
 one expression is several points). Also measured: ExpRate on a fixed sample of
-everybody else's expressions, before and after (forgetting).
+everybody else's expressions (`--others all`: every one outside the check), before
+and after (forgetting), with the expressions each fold lost and gained there, so
+that a writer's loss elsewhere can be told from chance.
 
 Each fold's fine-tune is measured twice: with all of its weight change, and as
 the app keeps it: the default share of the change (`FinetuneConfig.keep`), moved
@@ -22,6 +24,7 @@ and each of its strokes narrowed to `squeeze` of its width about its own center.
 
     python benchmarks/adaptation.py --data ../shared/datasets/crohme --checkpoint assets/hmer_small.pt --writers 5
     python benchmarks/adaptation.py ... --slant 0.5 --squeeze 0.6   # a writer the model reads badly
+    python benchmarks/adaptation.py ... --others all --json adapt.json   # forgetting on ~1,800 expressions
 """
 
 from __future__ import annotations
