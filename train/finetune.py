@@ -71,7 +71,8 @@ class FinetuneConfig:
     # Share of the fine-tune's weight change the new version keeps: base + keep * (tuned - base),
     # a weight-space interpolation toward the base as in WiSE-FT. All of the change fits the
     # samples best but forgets most; the README's adaptation figures show the trade. With the
-    # seventh release, 75% cost other writers 1.7 points on average and 50% 0.4 (session 25).
+    # seventh release, 75% cost other writers 1.7 points on average and 50% 0.4 (session 25,
+    # 200 expressions); 50% cost each of four writers' others under a point on 1,800 (session 26).
     keep: float = 0.5
     # ExpRate points the CROHME check (`base_eval`) may lose beyond its noise
     # (`forgetting_beyond_noise`). When `keep` loses more, the largest of the smaller
