@@ -184,7 +184,7 @@ def main() -> int:
         fold_of = np.random.default_rng(0).permutation(len(mine)) % args.folds
         pool = [e for e in examples if e.writer != writer]
         pool = [pool[i] for i in np.random.default_rng(1).permutation(len(pool))]
-        n_others = len(pool) - args.check if args.others is None else args.others
+        n_others = max(0, len(pool) - args.check) if args.others is None else args.others
         others, check = pool[:n_others], pool[n_others : n_others + args.check]
         others_before = read_correctly(base, vocab, others)
         before_writer, before_others = exprate(base, vocab, mine), percent(others_before)
