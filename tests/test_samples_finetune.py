@@ -178,7 +178,9 @@ def test_finetune_command_line_records_the_version(tmp_path, tiny_checkpoint, ca
     code = train_main(["finetune", "--samples", str(tmp_path / "s.db"), "--base", str(tiny_checkpoint),
                        "--out", str(out), "--steps", "10", "--json", str(tmp_path / "r.json")])  # fmt: skip
     assert code == 0 and out.exists()
-    assert json.loads((tmp_path / "r.json").read_text())["steps"] == 10
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["steps"] == 10
+    assert report["mix"] == FinetuneConfig.keep and report["trainable"] == FinetuneConfig.trainable  # the app's defaults
     versions = SampleStore(tmp_path / "s.db").models()
     assert [v.path for v in versions] == [str(out)] and versions[0].parent is None
     assert "no replay" in capsys.readouterr().out

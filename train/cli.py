@@ -13,22 +13,26 @@ from train.config import TrainConfig
 
 
 def finetune_main(argv: list[str]) -> int:
+    from train.finetune import TRAINABLE, FinetuneConfig  # its defaults are this command's
+
+    default = FinetuneConfig()
     parser = argparse.ArgumentParser(prog="hmer-train finetune", description="Fine-tune on your collected samples.")
     parser.add_argument("--samples", required=True, help="the app's sample database (samples.db)")
     parser.add_argument("--base", required=True, help="checkpoint to start from")
     parser.add_argument("--out", required=True, help="where to write the new checkpoint")
     parser.add_argument("--data", help="CROHME-layout folder: replay its training data, report on a 2014 subset")
-    parser.add_argument("--steps", type=int, default=200, help="at most this many steps")
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--trainable", choices=("encoder", "norm", "all"), default="encoder",
-                        help="encoder (default): adapt to the handwriting, keep the decoder; norm: only the "
-                        "encoder's normalization scales and shifts; all: every weight")
-    parser.add_argument("--keep", type=float, default=0.5,
+    parser.add_argument("--steps", type=int, default=default.max_steps,
+                        help=f"at most this many steps (default {default.max_steps})")
+    parser.add_argument("--lr", type=float, default=default.lr, help=f"learning rate (default {default.lr:g})")
+    parser.add_argument("--trainable", choices=TRAINABLE, default=default.trainable,
+                        help="encoder: adapt to the handwriting, keep the decoder; norm: only the encoder's "
+                        f"normalization scales and shifts; all: every weight (default {default.trainable})")
+    parser.add_argument("--keep", type=float, default=default.keep,
                         help="share of the fine-tune's weight change kept, the rest of the way back to --base "
-                        "(default 0.5; 1 keeps all of it)")
-    parser.add_argument("--max-forgetting", type=float, default=1.0,
+                        f"(default {default.keep:g}; 1 keeps all of it)")
+    parser.add_argument("--max-forgetting", type=float, default=default.max_forgetting,
                         help="ExpRate points the 2014 check (needs --data) may lose; beyond that a smaller "
-                        "share of the weight change is kept (default 1)")
+                        f"share of the weight change is kept (default {default.max_forgetting:g})")
     parser.add_argument("--json", dest="json_out", help="write the report here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")
@@ -37,7 +41,7 @@ def finetune_main(argv: list[str]) -> int:
 
     from model.checkpoint import CheckpointError
     from train.data import Example
-    from train.finetune import FinetuneConfig, crohme_replay_and_check, finetune
+    from train.finetune import crohme_replay_and_check, finetune
     from train.samples import SampleError, SampleStore
 
     if not Path(args.samples).is_file():
