@@ -180,7 +180,8 @@ def test_finetune_command_line_records_the_version(tmp_path, tiny_checkpoint, ca
     assert code == 0 and out.exists()
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["steps"] == 10
-    assert report["mix"] == FinetuneConfig.keep and report["trainable"] == FinetuneConfig.trainable  # the app's defaults
+    # the app's defaults
+    assert report["mix"] == FinetuneConfig.keep and report["trainable"] == FinetuneConfig.trainable
     versions = SampleStore(tmp_path / "s.db").models()
     assert [v.path for v in versions] == [str(out)] and versions[0].parent is None
     assert "no replay" in capsys.readouterr().out

@@ -23,7 +23,8 @@ def finetune_main(argv: list[str]) -> int:
     parser.add_argument("--data", help="CROHME-layout folder: replay its training data, report on a 2014 subset")
     parser.add_argument("--steps", type=int, default=default.max_steps,
                         help=f"at most this many steps (default {default.max_steps})")
-    parser.add_argument("--lr", type=float, default=default.lr, help=f"learning rate (default {default.lr:g})")
+    parser.add_argument("--lr", type=float, default=default.lr,
+                        help=f"learning rate (default {default.lr:g})")
     parser.add_argument("--trainable", choices=TRAINABLE, default=default.trainable,
                         help="encoder: adapt to the handwriting, keep the decoder; norm: only the encoder's "
                         f"normalization scales and shifts; all: every weight (default {default.trainable})")
