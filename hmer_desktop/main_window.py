@@ -112,6 +112,9 @@ class MainWindow(QMainWindow):
         self.debounce = QTimer(self)
         self.debounce.setSingleShot(True)
         self.debounce.timeout.connect(lambda: self.recognize_now())
+        self._beam_waits_for_pen = False
+        self.canvas.pen_down.connect(self._on_pen_down)
+        self.canvas.pen_up.connect(self._on_pen_up)
         self.document.subscribe(self._on_ink_changed)
         self.results.alternative_chosen.connect(self.choose_alternative)
         self.attention.token_selected.connect(self._on_token_selected)
@@ -223,6 +226,18 @@ class MainWindow(QMainWindow):
             if self.settings.preview and self.beam_spin.value() > 1:
                 self.recognize_now(beam_size=1, keep_timer=True)  # instant greedy reading
             self.debounce.start(self.settings.debounce_ms)  # the beam search once the pen rests
+
+    def _on_pen_down(self) -> None:
+        # The beam search waits until the pen rests: the interval between two strokes
+        # is often longer than the debounce, and a search started mid-stroke is wasted.
+        if self.debounce.isActive():
+            self.debounce.stop()
+            self._beam_waits_for_pen = True
+
+    def _on_pen_up(self) -> None:
+        waited, self._beam_waits_for_pen = self._beam_waits_for_pen, False
+        if waited and not self.debounce.isActive():  # the press changed nothing (an eraser miss)
+            self.debounce.start(self.settings.debounce_ms)
 
     def recognize_now(self, beam_size: int | None = None, keep_timer: bool = False) -> None:
         if not keep_timer:

@@ -1,8 +1,11 @@
 """Recognition off the GUI thread. Qt-free: requests return concurrent futures.
 
 One worker thread owns the model. A newer request supersedes older ones that
-have not started, so typing ahead never queues stale work. The model module
-(and torch) is imported inside the worker, so importing this file is cheap.
+have not started, so typing ahead never queues stale work; a request for newer
+ink also stops a running one at its next decoder step, whose answer the app
+would not show (a beam search on long ink can take a second, and the next
+stroke's preview would wait for it). The model module (and torch) is imported
+inside the worker, so importing this file is cheap.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from model.cancel import RecognitionCancelled
 from model.prediction import Prediction
 
 
 class Superseded(Exception):
-    """A newer request arrived before this one started."""
+    """A newer request arrived before this one started, or one for newer ink while it ran."""
 
 
 class RecognizerLike(Protocol):
@@ -29,9 +33,13 @@ class RecognizerLike(Protocol):
     exact_search: bool  # False: the beam search drops beams far behind the best
     threads: int  # at most this many intra-op threads per recognition (0: torch's default)
 
-    def recognize(self, strokes: list[np.ndarray], beam_size: int = 10) -> Prediction: ...
+    def recognize(
+        self, strokes: list[np.ndarray], beam_size: int = 10, should_stop: Callable[[], bool] | None = None
+    ) -> Prediction: ...
 
-    def recognize_image(self, array: np.ndarray, beam_size: int = 10) -> Prediction: ...
+    def recognize_image(
+        self, array: np.ndarray, beam_size: int = 10, should_stop: Callable[[], bool] | None = None
+    ) -> Prediction: ...
 
 
 def load_recognizer(checkpoint: Path | None, device: str) -> RecognizerLike:
@@ -63,6 +71,7 @@ class RecognitionService:
         self._recognizer: RecognizerLike | None = None
         self._lock = threading.Lock()
         self._latest = 0
+        self._latest_ink: int | None = None  # the ink version of the newest request
         self.exact_search = False  # read by each request when it starts
         self.threads = 0  # likewise; lowered while a fine-tune shares the CPU (finetune_service.thread_split)
 
@@ -88,16 +97,24 @@ class RecognitionService:
 
     def recognize(self, strokes: list[np.ndarray], ink_version: int, beam_size: int) -> Future:
         strokes = [np.array(s, dtype=np.float64, copy=True) for s in strokes]
-        return self._submit(lambda rec: rec.recognize(strokes, beam_size=beam_size), ink_version)
+        return self._submit(lambda rec, stop: rec.recognize(strokes, beam_size=beam_size, should_stop=stop),
+                            ink_version)  # fmt: skip
 
     def recognize_image(self, array: np.ndarray, ink_version: int, beam_size: int) -> Future:
         array = np.array(array, copy=True)
-        return self._submit(lambda rec: rec.recognize_image(array, beam_size=beam_size), ink_version)
+        return self._submit(lambda rec, stop: rec.recognize_image(array, beam_size=beam_size, should_stop=stop),
+                            ink_version)  # fmt: skip
 
-    def _submit(self, work: Callable[[RecognizerLike], Prediction], ink_version: int) -> Future:
+    def _submit(self, work: Callable[[RecognizerLike, Callable[[], bool]], Prediction], ink_version: int) -> Future:
         with self._lock:
             self._latest += 1
+            self._latest_ink = ink_version
             request_id = self._latest
+
+        def ink_changed() -> bool:
+            # Only newer ink stops a running request: the beam search that follows a
+            # preview of the same ink must not stop the preview (its answer is shown).
+            return self._latest_ink != ink_version
 
         def run() -> Result:
             if request_id != self._latest:
@@ -106,7 +123,10 @@ class RecognitionService:
             rec.exact_search = self.exact_search
             rec.threads = self.threads
             start = time.perf_counter()
-            prediction = work(rec)
+            try:
+                prediction = work(rec, ink_changed)
+            except RecognitionCancelled as stopped:
+                raise Superseded() from stopped
             return Result(request_id, ink_version, prediction, (time.perf_counter() - start) * 1000,
                           str(getattr(rec.device, "type", rec.device)))  # fmt: skip
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from model.cancel import ShouldStop, stop_if_asked
 from model.hmer import HMER, direction_targets
 from model.syntax import SyntaxRules
 from model.vocab import Vocabulary
@@ -73,6 +74,7 @@ def _search(
     group_type: type[_BeamGroup] = _BeamGroup,
     well_formed: bool = True,
     prune: float | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> list[_BeamGroup]:
     """Beam search of both directions for all images: groups 0..B-1 are l2r,
     groups B..2B-1 r2l. The batch holds at most beam_size rows per unfinished group
@@ -83,7 +85,7 @@ def _search(
     records what each group saw. well_formed: only readings that obey `SyntaxRules`.
     prune (nats): an open beam whose log-probability falls further than this below
     the best candidate of its search at the same step is dropped (None: never; the
-    reference's search)."""
+    reference's search). should_stop is asked before each step (`model.cancel`)."""
     decoder = decoder if decoder is not None else model.decoder
     b = memory.shape[0]
     groups = [group_type(beam_size, alpha, early_stopping) for _ in range(2 * b)]
@@ -103,6 +105,7 @@ def _search(
     floor_gap = float("inf") if prune is None else prune
     cur_len = 1
     while cur_len < max_len and active:
+        stop_if_asked(should_stop)
         logits, _, _ = decoder.step(state, last, need_aux=False)
         logp = F.log_softmax(logits.float(), dim=-1)  # [n, V]
         if rules is not None:
@@ -228,6 +231,7 @@ def beam_search_memory(
     nbest: int | None = None,
     well_formed: bool = True,
     prune: float | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> list[list[Hypothesis]]:
     """Search both directions, then add to each hypothesis the opposite direction's
     score and rank by the sum.
@@ -246,10 +250,14 @@ def beam_search_memory(
     prune (nats, None by default) drops an open beam once its log-probability
     trails the best candidate of its direction by more than that: fewer rows to
     decode for a confident reading, at the risk of losing a late-blooming one.
+
+    should_stop is asked before each search step and before the rescoring; when it
+    answers True, `RecognitionCancelled` is raised (`model.cancel`).
     """
     b = memory.shape[0]
     groups = _search(model, memory, mem_mask, vocab, beam_size, max_len, alpha, early_stopping, decoder,
-                     well_formed=well_formed, prune=prune)  # fmt: skip
+                     well_formed=well_formed, prune=prune, should_stop=should_stop)  # fmt: skip
+    stop_if_asked(should_stop)
     found: list[_Found] = []
     for g, group in enumerate(groups):
         image, direction = g % b, ("l2r" if g < b else "r2l")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from model.cancel import ShouldStop, stop_if_asked
 from model.hmer import HMER
 from model.syntax import SyntaxRules
 from model.vocab import Vocabulary
@@ -26,11 +27,12 @@ def greedy_search(
 def greedy_search_memory(
     model: HMER, memory: Tensor, mem_mask: Tensor, vocab: Vocabulary, max_len: int = 200,
     on_step: Callable[[Tensor, Tensor, Tensor], None] | None = None, well_formed: bool = True,
+    should_stop: ShouldStop | None = None,
 ) -> list[tuple[list[int], float]]:  # fmt: skip
     """`greedy_search` on images already encoded (memory [B, h, w, d], mask [B, h, w]).
     `on_step(logits, aux_logits, attention)` sees each step's outputs ([B, V], [B, V] and the
     last layer's refined attention [B, H, L]): what a teacher-forced pass over the reading
-    would compute, without running it."""
+    would compute, without running it. should_stop is asked before each step (`model.cancel`)."""
     b = memory.shape[0]
     state = model.decoder.start(memory, mem_mask, torch.arange(b, device=memory.device))
     last = torch.full((b,), vocab.sos_id, dtype=torch.long, device=memory.device)
@@ -40,6 +42,7 @@ def greedy_search_memory(
     rules = SyntaxRules(vocab, memory.device) if well_formed else None
     syntax = rules.start(torch.zeros(b, dtype=torch.bool, device=memory.device)) if rules else None
     for _ in range(max_len):
+        stop_if_asked(should_stop)
         logits, aux, attn = model.decoder.step(state, last, need_aux=on_step is not None)
         if on_step is not None:
             on_step(logits, aux, attn)

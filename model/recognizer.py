@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from model.beam import beam_search_memory
+from model.cancel import ShouldStop, stop_if_asked
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.greedy import greedy_search_memory
 from model.hmer import HMER, direction_targets
@@ -129,20 +130,26 @@ class Recognizer:
     def config(self):
         return self.model.config
 
-    def recognize(self, strokes: list[np.ndarray], beam_size: int = 10) -> Prediction:
-        """Strokes: arrays [n, 2+] of x, y (pressure etc. ignored), in any units."""
+    def recognize(
+        self, strokes: list[np.ndarray], beam_size: int = 10, should_stop: ShouldStop | None = None
+    ) -> Prediction:
+        """Strokes: arrays [n, 2+] of x, y (pressure etc. ignored), in any units.
+        should_stop, asked between decoder steps, can end the work early: then
+        `RecognitionCancelled` is raised instead of returning (the app's newer ink)."""
         t0 = time.perf_counter()
         raster = rasterize(strokes, self.model.config.raster)
         timings = {"rasterize": (time.perf_counter() - t0) * 1000}
         max_len = length_limit(len(strokes), self.max_len)
-        return self._decode(raster.image, raster.transform.as_matrix(), beam_size, timings, max_len)
+        return self._decode(raster.image, raster.transform.as_matrix(), beam_size, timings, max_len, should_stop)
 
-    def recognize_image(self, array: np.ndarray, beam_size: int = 10) -> Prediction:
+    def recognize_image(
+        self, array: np.ndarray, beam_size: int = 10, should_stop: ShouldStop | None = None
+    ) -> Prediction:
         """A photo or scan of handwriting: grayscale or RGB(A), dark ink on light or the reverse."""
         t0 = time.perf_counter()
         image = image_to_input(array, self.model.config.raster)
         timings = {"rasterize": (time.perf_counter() - t0) * 1000}
-        return self._decode(image, None, beam_size, timings, self.max_len)
+        return self._decode(image, None, beam_size, timings, self.max_len, should_stop)
 
     def _encode(self, image: np.ndarray, imgs: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder's output for `image`, reusing the last one when the same image comes
@@ -170,9 +177,10 @@ class Recognizer:
     @torch.inference_mode()
     def _decode(
         self, image: np.ndarray, ink_to_image: np.ndarray | None, beam_size: int, timings: dict[str, float],
-        max_len: int,
+        max_len: int, should_stop: ShouldStop | None = None,
     ) -> Prediction:  # fmt: skip
         with self._lock, _intra_op_threads(self.device, self.threads):
+            stop_if_asked(should_stop)  # it may have waited for the lock
             imgs = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.device)
             if self.device.type == "cpu":
                 imgs = imgs.contiguous(memory_format=torch.channels_last)
@@ -185,14 +193,16 @@ class Recognizer:
             if beam_size > 1:
                 hyps = beam_search_memory(self.model, memory, mem_mask, self.vocab, beam_size, max_len,
                                           early_stopping=self.early_stopping, nbest=self.nbest,
-                                          well_formed=self.well_formed, prune=self.prune)[0]  # fmt: skip
+                                          well_formed=self.well_formed, prune=self.prune,
+                                          should_stop=should_stop)[0]  # fmt: skip
                 nbest = [(list(h.ids), h.score) for h in hyps]
             else:
                 ids, logp = greedy_search_memory(self.model, memory, mem_mask, self.vocab, max_len,
                                                  on_step=lambda *outputs: steps.append(outputs),
-                                                 well_formed=self.well_formed)[0]  # fmt: skip
+                                                 well_formed=self.well_formed, should_stop=should_stop)[0]  # fmt: skip
                 nbest = [(ids, logp / (len(ids) + 1))]
             timings["search"] = (time.perf_counter() - t) * 1000
+            stop_if_asked(should_stop)
             t = time.perf_counter()
             best_ids = nbest[0][0]
             if steps:  # greedy: the search's own steps explain its reading

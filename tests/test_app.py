@@ -96,6 +96,31 @@ def test_undo_and_redo_restore_the_ink(qtbot, make_window):
     assert len(window.document.strokes) == len(strokes)
 
 
+def test_the_beam_search_waits_while_the_pen_is_down(qtbot, make_window):
+    # Between two strokes the pen is often up longer than the debounce; the beam search
+    # starts only once the pen rests, not while the next stroke is being drawn.
+    window = make_window()
+    window.settings.debounce_ms = 10_000  # nothing fires during the test
+
+    def send(kind, p, buttons):
+        event = QMouseEvent(kind, QPointF(*p), QPointF(*p), Qt.MouseButton.LeftButton, buttons, Qt.KeyboardModifier.NoModifier)
+        QApplication.sendEvent(window.canvas, event)
+
+    _draw(window.canvas, np.array([[100.0, 100.0], [140.0, 100.0]]))
+    assert window.debounce.isActive()  # the pen rests: the beam search is due
+    send(QMouseEvent.Type.MouseButtonPress, (200.0, 100.0), Qt.MouseButton.LeftButton)
+    assert not window.debounce.isActive()  # the next stroke begins
+    send(QMouseEvent.Type.MouseMove, (240.0, 120.0), Qt.MouseButton.LeftButton)
+    assert not window.debounce.isActive()
+    send(QMouseEvent.Type.MouseButtonRelease, (240.0, 120.0), Qt.MouseButton.NoButton)
+    assert window.debounce.isActive() and len(window.document.strokes) == 2
+    window.canvas.eraser = True  # an eraser press that hits nothing changes no ink ...
+    send(QMouseEvent.Type.MouseButtonPress, (600.0, 300.0), Qt.MouseButton.LeftButton)
+    assert not window.debounce.isActive()
+    send(QMouseEvent.Type.MouseButtonRelease, (600.0, 300.0), Qt.MouseButton.NoButton)
+    assert window.debounce.isActive() and len(window.document.strokes) == 2  # ... and the search is due again
+
+
 def test_a_result_for_stale_ink_is_never_shown(qtbot, make_window, tiny_checkpoint):
     gate = threading.Event()
 
@@ -107,7 +132,7 @@ def test_a_result_for_stale_ink_is_never_shown(qtbot, make_window, tiny_checkpoi
         class Slow:
             device = real.device
 
-            def recognize(self, strokes, beam_size=10):
+            def recognize(self, strokes, beam_size=10, should_stop=None):
                 gate.wait(10)
                 return real.recognize(strokes, beam_size)
 
@@ -167,7 +192,7 @@ def test_a_failing_recognizer_shows_an_error_and_the_app_survives(qtbot, make_wi
     class Broken:
         device = "cpu"
 
-        def recognize(self, strokes, beam_size=10):
+        def recognize(self, strokes, beam_size=10, should_stop=None):
             raise RuntimeError("CPU out of memory")
 
     window = make_window(loader=lambda path, device: Broken())

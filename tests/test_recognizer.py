@@ -49,6 +49,30 @@ def test_greedy_and_beam_agree_on_learned_ink(recognizer):
     assert recognizer.recognize(strokes, beam_size=1).latex == recognizer.recognize(strokes, beam_size=10).latex
 
 
+@pytest.mark.parametrize("beam_size", [1, 10])
+def test_a_recognition_stops_between_steps_when_asked_and_the_model_stays_usable(recognizer, beam_size):
+    # The app stops reading old ink when new ink arrives: asked before every decoder step,
+    # a True answer ends the search there, and the next recognition is unaffected.
+    from model.cancel import RecognitionCancelled
+
+    strokes = ink_for(SYNTHETIC_EXPRESSIONS[2])
+    asked = []
+    full = recognizer.recognize(strokes, beam_size=beam_size, should_stop=lambda: asked.append(1) and False)
+    steps = len(asked)
+    assert steps > len(full.tokens)  # asked at every step, not once per recognition
+
+    def stop_at_step_three() -> bool:
+        asked.append(1)
+        return len(asked) > steps + 3
+
+    with pytest.raises(RecognitionCancelled):
+        recognizer.recognize(strokes, beam_size=beam_size, should_stop=stop_at_step_three)
+    assert len(asked) == steps + 4  # it stopped at once, not at the end
+    again = recognizer.recognize(strokes, beam_size=beam_size)
+    assert again.latex == full.latex and again.alternatives == full.alternatives
+    np.testing.assert_array_equal(again.attention, full.attention)
+
+
 def test_the_image_is_encoded_once_per_ink_and_weights(tiny_checkpoint, monkeypatch):
     # The app reads each ink twice: a greedy preview after the stroke, the beam search when
     # the pen rests. Both, and the attention maps, share one encoding; new ink or changed

@@ -14,6 +14,8 @@ MARGIN = 400  # blank room kept right of and below the ink, so the canvas grows 
 
 
 class InkCanvas(QWidget):
+    pen_down = Signal()  # drawing or erasing begins: the person is still writing
+    pen_up = Signal()  # it ends, whether or not the ink changed
     stroke_finished = Signal()
 
     def __init__(self, document: InkDocument, parent: QWidget | None = None) -> None:
@@ -22,6 +24,7 @@ class InkCanvas(QWidget):
         self.eraser = False
         self.pen_width = 3.0
         self._current: list[tuple[float, float, float]] = []
+        self._pen_is_down = False
         self._overlay: QImage | None = None
         self._overlay_transform = QTransform()
         self.setAttribute(Qt.WidgetAttribute.WA_StaticContents)
@@ -50,6 +53,8 @@ class InkCanvas(QWidget):
     # --- input ------------------------------------------------------------------------
 
     def _begin(self, pos: QPointF, pressure: float, erase: bool) -> None:
+        self._pen_is_down = True
+        self.pen_down.emit()
         if erase or self.eraser:
             self._erase_at(pos)
             self._current = []
@@ -70,12 +75,14 @@ class InkCanvas(QWidget):
     def _end(self) -> None:
         if getattr(self, "_erasing", False):
             self._erasing = False
-            return
-        if self._current:
+        elif self._current:
             points = np.array(self._current, dtype=np.float64)
             self._current = []
             self.document.add_stroke(points)
             self.stroke_finished.emit()
+        if self._pen_is_down:
+            self._pen_is_down = False
+            self.pen_up.emit()
 
     def _erase_at(self, pos: QPointF) -> None:
         hits = self.document.strokes_near(pos.x(), pos.y(), radius=8.0)
