@@ -24,6 +24,9 @@ from model.cancel import RecognitionCancelled
 from model.prediction import Prediction
 
 
+StopCheck = Callable[[], bool]  # asked between decoder steps: True stops the recognition (model.cancel)
+
+
 class Superseded(Exception):
     """A newer request arrived before this one started, or one for newer ink while it ran."""
 
@@ -34,11 +37,11 @@ class RecognizerLike(Protocol):
     threads: int  # at most this many intra-op threads per recognition (0: torch's default)
 
     def recognize(
-        self, strokes: list[np.ndarray], beam_size: int = 10, should_stop: Callable[[], bool] | None = None
+        self, strokes: list[np.ndarray], beam_size: int = 10, should_stop: StopCheck | None = None
     ) -> Prediction: ...
 
     def recognize_image(
-        self, array: np.ndarray, beam_size: int = 10, should_stop: Callable[[], bool] | None = None
+        self, array: np.ndarray, beam_size: int = 10, should_stop: StopCheck | None = None
     ) -> Prediction: ...
 
 
@@ -97,15 +100,21 @@ class RecognitionService:
 
     def recognize(self, strokes: list[np.ndarray], ink_version: int, beam_size: int) -> Future:
         strokes = [np.array(s, dtype=np.float64, copy=True) for s in strokes]
-        return self._submit(lambda rec, stop: rec.recognize(strokes, beam_size=beam_size, should_stop=stop),
-                            ink_version)  # fmt: skip
+
+        def work(rec: RecognizerLike, stop: StopCheck) -> Prediction:
+            return rec.recognize(strokes, beam_size, should_stop=stop)
+
+        return self._submit(work, ink_version)
 
     def recognize_image(self, array: np.ndarray, ink_version: int, beam_size: int) -> Future:
         array = np.array(array, copy=True)
-        return self._submit(lambda rec, stop: rec.recognize_image(array, beam_size=beam_size, should_stop=stop),
-                            ink_version)  # fmt: skip
 
-    def _submit(self, work: Callable[[RecognizerLike, Callable[[], bool]], Prediction], ink_version: int) -> Future:
+        def work(rec: RecognizerLike, stop: StopCheck) -> Prediction:
+            return rec.recognize_image(array, beam_size, should_stop=stop)
+
+        return self._submit(work, ink_version)
+
+    def _submit(self, work: Callable[[RecognizerLike, StopCheck], Prediction], ink_version: int) -> Future:
         with self._lock:
             self._latest += 1
             self._latest_ink = ink_version

@@ -140,7 +140,8 @@ class Recognizer:
         raster = rasterize(strokes, self.model.config.raster)
         timings = {"rasterize": (time.perf_counter() - t0) * 1000}
         max_len = length_limit(len(strokes), self.max_len)
-        return self._decode(raster.image, raster.transform.as_matrix(), beam_size, timings, max_len, should_stop)
+        ink_to_image = raster.transform.as_matrix()
+        return self._decode(raster.image, ink_to_image, beam_size, timings, max_len, should_stop)
 
     def recognize_image(
         self, array: np.ndarray, beam_size: int = 10, should_stop: ShouldStop | None = None
@@ -199,7 +200,8 @@ class Recognizer:
             else:
                 ids, logp = greedy_search_memory(self.model, memory, mem_mask, self.vocab, max_len,
                                                  on_step=lambda *outputs: steps.append(outputs),
-                                                 well_formed=self.well_formed, should_stop=should_stop)[0]  # fmt: skip
+                                                 well_formed=self.well_formed,
+                                                 should_stop=should_stop)[0]  # fmt: skip
                 nbest = [(ids, logp / (len(ids) + 1))]
             timings["search"] = (time.perf_counter() - t) * 1000
             stop_if_asked(should_stop)

@@ -65,10 +65,17 @@ def _draw_expression(window, latex: str) -> None:
         _draw(window.canvas, stroke + (60.0, 80.0))
 
 
+def _draw_and_settle(qtbot, window, latex: str) -> None:
+    """Draw `latex` and wait for the beam search's reading: the greedy preview comes first,
+    and which previews are shown depends on how fast the worker drops older ink."""
+    _draw_expression(window, latex)
+    qtbot.waitUntil(lambda: not window.debounce.isActive() and window.pending == 0 and window.prediction is not None,
+                    timeout=30_000)  # fmt: skip
+
+
 def test_drawing_strokes_produces_a_result_through_the_worker(qtbot, make_window):
     window = make_window()
-    with qtbot.waitSignal(window.prediction_shown, timeout=30_000, check_params_cb=lambda p: p is not None):
-        _draw_expression(window, "x ^ { 2 } = y")
+    _draw_and_settle(qtbot, window, "x ^ { 2 } = y")
     assert len(window.document.strokes) == len(ink_for("x ^ { 2 } = y"))
     assert window.results.latex.text() == "x ^ { 2 } = y"
     assert window.results.alternatives.count() >= 1
@@ -103,7 +110,8 @@ def test_the_beam_search_waits_while_the_pen_is_down(qtbot, make_window):
     window.settings.debounce_ms = 10_000  # nothing fires during the test
 
     def send(kind, p, buttons):
-        event = QMouseEvent(kind, QPointF(*p), QPointF(*p), Qt.MouseButton.LeftButton, buttons, Qt.KeyboardModifier.NoModifier)
+        event = QMouseEvent(kind, QPointF(*p), QPointF(*p), Qt.MouseButton.LeftButton, buttons,
+                            Qt.KeyboardModifier.NoModifier)  # fmt: skip
         QApplication.sendEvent(window.canvas, event)
 
     _draw(window.canvas, np.array([[100.0, 100.0], [140.0, 100.0]]))
@@ -152,8 +160,7 @@ def test_a_result_for_stale_ink_is_never_shown(qtbot, make_window, tiny_checkpoi
 
 def test_selecting_a_token_changes_the_heatmap_overlay(qtbot, make_window):
     window = make_window()
-    with qtbot.waitSignal(window.prediction_shown, timeout=30_000, check_params_cb=lambda p: p is not None):
-        _draw_expression(window, "\\frac { a } { b } - 3")
+    _draw_and_settle(qtbot, window, "\\frac { a } { b } - 3")
     assert not window.canvas.has_overlay()
     window.attention._buttons[0].click()
     assert window.canvas.has_overlay()
@@ -174,8 +181,7 @@ def test_selecting_a_token_changes_the_heatmap_overlay(qtbot, make_window):
 
 def test_copy_buttons_put_the_right_text_on_the_clipboard(qtbot, make_window):
     window = make_window()
-    with qtbot.waitSignal(window.prediction_shown, timeout=30_000, check_params_cb=lambda p: p is not None):
-        _draw_expression(window, "1 + 2")
+    _draw_and_settle(qtbot, window, "1 + 2")
     clipboard = QGuiApplication.clipboard()
     window.results.copy_latex.click()
     assert clipboard.text() == "1 + 2"
@@ -215,8 +221,7 @@ def test_a_bad_checkpoint_is_reported_in_the_window(qtbot, make_window, tmp_path
 
 def test_choosing_an_alternative_makes_it_the_result(qtbot, make_window):
     window = make_window()
-    with qtbot.waitSignal(window.prediction_shown, timeout=30_000, check_params_cb=lambda p: p is not None):
-        _draw_expression(window, "y - x = 1")
+    _draw_and_settle(qtbot, window, "y - x = 1")
     alts = window.prediction.alternatives
     if len(alts) < 2:
         pytest.skip("the model returned a single hypothesis")
@@ -262,8 +267,7 @@ def test_smoke_test_fails_clearly_on_a_bad_checkpoint(tmp_path):
 
 def test_save_as_sample_validates_the_label(qtbot, make_window):
     window = make_window()
-    with qtbot.waitSignal(window.prediction_shown, timeout=30_000, check_params_cb=lambda p: p is not None):
-        _draw_expression(window, "1 + 2")
+    _draw_and_settle(qtbot, window, "1 + 2")
     window.results.latex.setText("1 + \\oint")  # a correction with a symbol the model cannot learn
     assert window.save_sample() is None
     assert "\\oint" in window.results.typeset_note.text() and "border" in window.results.latex.styleSheet()

@@ -337,3 +337,52 @@ def test_token_fixes_counts_readings_one_offered_replacement_from_right(tmp_path
                  "--beam", "3", "--json", str(out)]) == 0  # fmt: skip
     report = json.loads(out.read_text())
     assert report["n"] == 3 and report["exprate"] == 100.0 and report["one_click"] == 100.0
+
+
+def test_live_drawing_requests_the_beam_search_only_when_the_pen_rests():
+    # The comparison rests on when each way asks for the beam search: before, once the
+    # debounce passed since a pen up, even with the next stroke under way; now, only when
+    # the pen stayed up that long.
+    from concurrent.futures import Future
+
+    from benchmarks.live_drawing import replay
+    from hmer_desktop.service import Result
+
+    class Recording:
+        def __init__(self) -> None:
+            self.asked: list[tuple[int, int]] = []
+
+        def recognize(self, strokes, ink_version, beam_size):
+            self.asked.append((ink_version, beam_size))
+            future: Future = Future()
+            future.set_result(Result(len(self.asked), ink_version, None, 1.0, "cpu"))
+            return future
+
+    strokes = [np.zeros((2, 2))] * 3
+    downs, ups = [0.0, 0.07, 0.22], [0.05, 0.20, 0.25]  # pen up for 20 ms twice; up to up 150 and 50 ms
+    asked = {}
+    for kind in ("before", "now"):
+        service = Recording()
+        report = replay(service, strokes, downs, ups, kind, debounce_s=0.08, beam=10, settle_s=1.0)
+        asked[kind] = service.asked
+        assert report["previews_missed"] == 0 and report["final_wait_s"] >= 0.08
+    assert asked["before"] == [(1, 1), (1, 10), (2, 1), (3, 1), (3, 10)]  # (1, 10) while stroke 2 was drawn
+    assert asked["now"] == [(1, 1), (2, 1), (3, 1), (3, 10)]
+
+
+def test_live_drawing_benchmark_replays_expressions_for_each_way(tmp_path, tiny_checkpoint):
+    for i, latex in enumerate(SYNTHETIC_EXPRESSIONS[:2]):
+        write_inkml(tmp_path / "data" / "mini" / f"e{i}.inkml", ink_for(latex), latex)
+    out = tmp_path / "live.json"
+    done = _run("benchmarks/live_drawing.py", "--data", str(tmp_path / "data"), "--split", "mini", "--limit", "2",
+                "--checkpoint", str(tiny_checkpoint), "--beam", "3", "--draw-ms", "10", "30",
+                "--gap-ms", "10", "200", "--ways", "before:100", "now:100", "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["n"] == 2 and report["strokes"] == sum(len(ink_for(x)) for x in SYNTHETIC_EXPRESSIONS[:2])
+    for way in ("before:100", "now:100"):
+        assert report[way]["final_missing"] == 0  # every expression got its beam reading
+        assert report[way]["final_wait_p50_ms"] >= 100  # which waits for the debounce
+        assert report[way]["preview_wait_p50_ms"] > 0
+    bad = _run("benchmarks/live_drawing.py", "--data", str(tmp_path / "data"), "--ways", "later:100")
+    assert bad.returncode != 0 and "KIND:DEBOUNCE_MS" in bad.stderr
