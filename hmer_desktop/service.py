@@ -20,11 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from model.cancel import RecognitionCancelled
+from model.cancel import RecognitionCancelled, ShouldStop
 from model.prediction import Prediction
-
-
-StopCheck = Callable[[], bool]  # asked between decoder steps: True stops the recognition (model.cancel)
 
 
 class Superseded(Exception):
@@ -37,11 +34,11 @@ class RecognizerLike(Protocol):
     threads: int  # at most this many intra-op threads per recognition (0: torch's default)
 
     def recognize(
-        self, strokes: list[np.ndarray], beam_size: int = 10, should_stop: StopCheck | None = None
+        self, strokes: list[np.ndarray], beam_size: int = 10, should_stop: ShouldStop | None = None
     ) -> Prediction: ...
 
     def recognize_image(
-        self, array: np.ndarray, beam_size: int = 10, should_stop: StopCheck | None = None
+        self, array: np.ndarray, beam_size: int = 10, should_stop: ShouldStop | None = None
     ) -> Prediction: ...
 
 
@@ -101,7 +98,7 @@ class RecognitionService:
     def recognize(self, strokes: list[np.ndarray], ink_version: int, beam_size: int) -> Future:
         strokes = [np.array(s, dtype=np.float64, copy=True) for s in strokes]
 
-        def work(rec: RecognizerLike, stop: StopCheck) -> Prediction:
+        def work(rec: RecognizerLike, stop: ShouldStop) -> Prediction:
             return rec.recognize(strokes, beam_size, should_stop=stop)
 
         return self._submit(work, ink_version)
@@ -109,12 +106,12 @@ class RecognitionService:
     def recognize_image(self, array: np.ndarray, ink_version: int, beam_size: int) -> Future:
         array = np.array(array, copy=True)
 
-        def work(rec: RecognizerLike, stop: StopCheck) -> Prediction:
+        def work(rec: RecognizerLike, stop: ShouldStop) -> Prediction:
             return rec.recognize_image(array, beam_size, should_stop=stop)
 
         return self._submit(work, ink_version)
 
-    def _submit(self, work: Callable[[RecognizerLike, StopCheck], Prediction], ink_version: int) -> Future:
+    def _submit(self, work: Callable[[RecognizerLike, ShouldStop], Prediction], ink_version: int) -> Future:
         with self._lock:
             self._latest += 1
             self._latest_ink = ink_version
