@@ -40,6 +40,8 @@ class SettingsDialog(QDialog):
         self.debounce.setRange(0, 5000)
         self.debounce.setSuffix(" ms")
         self.debounce.setValue(settings.debounce_ms)
+        self.debounce.setToolTip("How long the pen must stay up before the beam search reads the ink. "
+                                 "New ink stops a search that is still running.")  # fmt: skip
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
         self.device.setCurrentText(settings.device)
