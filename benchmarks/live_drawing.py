@@ -80,8 +80,8 @@ class _Log:
     """What the worker answered, stamped when it answered."""
 
     shown: dict[tuple[int, int], float] = field(default_factory=dict)  # (ink version, beam) -> time
-    wasted_ms: float = 0.0  # recognitions run for ink that had changed, or stopped part-way
-    stopped: int = 0
+    wasted_ms: float = 0.0  # recognitions that ran to their end for ink that had changed since
+    stopped: int = 0  # recognitions that newer ink stopped part-way
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def watch(self, future: Future, version: int, beam: int, current: list[int]) -> None:
