@@ -386,3 +386,6 @@ def test_live_drawing_benchmark_replays_expressions_for_each_way(tmp_path, tiny_
         assert report[way]["preview_wait_p50_ms"] > 0
     bad = _run("benchmarks/live_drawing.py", "--data", str(tmp_path / "data"), "--ways", "later:100")
     assert bad.returncode != 0 and "KIND:DEBOUNCE_MS" in bad.stderr
+    missing = _run("benchmarks/live_drawing.py", "--data", str(tmp_path / "data"), "--split", "nope",
+                   "--checkpoint", str(tiny_checkpoint))  # fmt: skip
+    assert missing.returncode == 2 and "split 'nope' not found" in missing.stderr
