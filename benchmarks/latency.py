@@ -26,6 +26,15 @@ alternating which of the two goes first, so that the machine's drift (tens of
 percent between runs here) falls on both alike; each reads the ink with its own
 rasterizer settings. The report adds its p50 / p95, the ratios and how many
 readings agree.
+
+`--floor` says how far each time is from what the arithmetic alone costs on this
+machine: it counts each recognition's floating-point operations (matrix products,
+convolutions, attention; `torch.utils.flop_counter`) and divides them by the
+fastest fp32 rate measured here on a large matrix product or on the ARM's
+convolution. No implementation of the same search in fp32 can beat that floor;
+the ratio of a measured time to it is what overhead and memory traffic cost.
+
+    python benchmarks/latency.py --data ... --split 2014 --limit 60 --no-baseline --floor
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -107,6 +118,36 @@ def baseline_recognize(rec: Recognizer, strokes, beam: int, max_len: int, refere
     return list(hyps[0][0].ids)
 
 
+def count_flops(rec: Recognizer, strokes, beam: int) -> int:
+    """Floating-point operations of one recognition of new ink, as the app runs it."""
+    rec.forget_encoding()
+    with FlopCounterMode(display=False) as counter:
+        rec.recognize(strokes, beam)
+    return counter.get_total_flops()
+
+
+def fp32_peak_flops(arm_weight: torch.Tensor | None, repeats: int = 30) -> float:
+    """The fastest fp32 rate (operations per second) this machine reaches with torch's
+    threads: a 1024-square matrix product, and the ARM's 5x5 convolution (`arm_weight`,
+    [dc, channels, 5, 5]) on 40 maps of a 12 x 80 grid, as in a long expression's search
+    step. Best of `repeats` timings of each."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    work = [(lambda: a @ b, 2 * 1024**3)]
+    if arm_weight is not None:
+        weight = arm_weight.detach().float()
+        maps = torch.randn(40, weight.shape[1], 12, 80)
+        work.append((lambda: F.conv2d(maps, weight, padding=2), 2 * 40 * 12 * 80 * weight.numel()))
+    best = 0.0
+    with torch.inference_mode():
+        for run, flops in work:
+            run()  # warm-up
+            for _ in range(repeats):
+                t = time.perf_counter()
+                run()
+                best = max(best, flops / (time.perf_counter() - t))
+    return best
+
+
 def _threshold(text: str) -> float | None:
     if text.lower() == "none":
         return None
@@ -137,6 +178,8 @@ def main() -> int:
                         help=f"beam threshold of the timed search (default: the app's, {DEFAULT_PRUNE}; none: exact)")
     parser.add_argument("--against-prune", type=_threshold, default=DEFAULT_PRUNE, metavar="NATS|none",
                         help="the same for --against: `--against SAME.pt --against-prune none` times pruning")
+    parser.add_argument("--floor", action="store_true",
+                        help="count each recognition's operations and report the fp32 arithmetic floor")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.threads:
@@ -159,6 +202,7 @@ def main() -> int:
     examples, _ = load_split(args.data, args.split, rec.vocab, limit=args.limit)
     ours, base, same, no_cache, same_no_cache = [], [], 0, [], 0
     theirs, agree = [], 0
+    flops: list[int] = []
     stages: dict[str, list[float]] = {}
 
     def timed(r: Recognizer, strokes) -> tuple[float, Prediction]:
@@ -193,6 +237,8 @@ def main() -> int:
             ids = baseline_recognize(rec, ex.strokes, args.beam, args.max_len, reference=False)
             no_cache.append((time.perf_counter() - t) * 1000)
             same_no_cache += rec.vocab.decode(ids) == pred.tokens
+        if args.floor:
+            flops.append(count_flops(rec, ex.strokes, args.beam))
         print(f"\r{i + 1}/{len(examples)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     report = {
@@ -209,6 +255,15 @@ def main() -> int:
                    "no_cache_p95_ms": float(np.percentile(no_cache, 95)),
                    "no_cache_speedup": float(np.percentile(no_cache, 50) / np.percentile(ours, 50)),
                    "no_cache_identical": same_no_cache / len(examples)}  # fmt: skip
+    if flops:
+        arm = rec.model.decoder.arm
+        peak = fp32_peak_flops(arm.conv.weight if arm is not None else None)
+        floor_ms = [f / peak * 1000 for f in flops]
+        report |= {"gflop_p50": float(np.percentile(flops, 50)) / 1e9, "gflop_p95": float(np.percentile(flops, 95)) / 1e9,
+                   "fp32_peak_gflops": peak / 1e9,
+                   "floor_p50_ms": float(np.percentile(floor_ms, 50)), "floor_p95_ms": float(np.percentile(floor_ms, 95)),
+                   # per expression: its measured time over its floor
+                   "over_floor_p50": float(np.percentile([m / f for m, f in zip(ours, floor_ms)], 50))}  # fmt: skip
     if other:
         report["against"] = {
             "checkpoint": str(other.path), "prune": other.prune, "p50_ms": float(np.percentile(theirs, 50)),

@@ -33,6 +33,35 @@ def test_latency_benchmark_compares_with_the_full_prefix_baseline(tmp_path, tiny
     assert report["no_cache_identical"] == 1.0 and report["no_cache_p50_ms"] > 0
 
 
+def test_latency_benchmark_reports_the_arithmetic_floor_below_the_measured_times(tmp_path, tiny_checkpoint):
+    for i, latex in enumerate(SYNTHETIC_EXPRESSIONS[:3]):
+        write_inkml(tmp_path / "data" / "mini" / f"e{i}.inkml", ink_for(latex), latex)
+    out = tmp_path / "floor.json"
+    done = _run("benchmarks/latency.py", "--data", str(tmp_path / "data"), "--split", "mini", "--limit", "3",
+                "--checkpoint", str(tiny_checkpoint), "--beam", "3", "--no-baseline", "--floor", "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert 0 < report["gflop_p50"] <= report["gflop_p95"] and report["fp32_peak_gflops"] > 0
+    assert 0 < report["floor_p50_ms"] < report["p50_ms"] and report["over_floor_p50"] > 1
+    assert report["floor_p50_ms"] == pytest.approx(report["gflop_p50"] / report["fp32_peak_gflops"] * 1000)
+
+
+def test_operations_are_counted_for_the_whole_recognition(tiny_checkpoint):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.latency import count_flops
+    from model.recognizer import Recognizer
+
+    rec = Recognizer.load(tiny_checkpoint, device="cpu")
+    strokes = ink_for(SYNTHETIC_EXPRESSIONS[0])
+    beam, greedy = count_flops(rec, strokes, 3), count_flops(rec, strokes, 1)
+    image = torch.from_numpy(rec.recognize(strokes, 1).image)[None, None]
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        rec.model.encode(image, torch.zeros(1, *image.shape[2:], dtype=torch.bool))
+    assert counter.get_total_flops() < greedy < beam  # the searches are counted, not only the encoder
+    assert count_flops(rec, strokes, 3) == beam  # each count encodes afresh: the kept encoding is not reused
+
+
 def test_latency_benchmark_times_a_second_checkpoint_on_the_same_expressions(tmp_path, tiny_checkpoint):
     from model.checkpoint import load_checkpoint, save_checkpoint
     from model.hmer import HMER
