@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,8 @@ from torch import Tensor, nn
 from model.arm import AttentionRefinementModule
 from model.config import HMERConfig
 from model.dropout import Dropout, dropout
+
+log = logging.getLogger(__name__)
 
 
 class WordPositionalEncoding(nn.Module):
@@ -180,6 +184,9 @@ class Decoder(nn.Module):
         self.arm = AttentionRefinementModule(config) if (config.cross_coverage or config.self_coverage) else None
         self.head = nn.Linear(d, config.vocab_size)  # main task: next token
         self.aux_head = nn.Linear(d, config.vocab_size)  # auxiliary task: its structure form
+        # `model.compiled_step.CompiledStep`, set by the recognizer when a compiled package is
+        # ready: `step` runs through it where it fits, else eagerly.
+        self.compiled_step: Any = None
 
     def embed(self, tokens: Tensor, start: int = 0) -> Tensor:
         return self.norm(self.pos_enc(self.word_embed(tokens), start))  # [b, t, d]
@@ -292,6 +299,13 @@ class Decoder(nn.Module):
             raise RuntimeError("Decoder.step is for inference: call model.eval() first")
         n, t = tokens.shape[0], state.length
         state.grow()
+        fast = self.compiled_step
+        if fast is not None and fast.fits(state, n):
+            try:
+                return fast.step(state, tokens, need_aux)
+            except Exception as e:  # never lose a recognition to the compiled path: run eagerly from now on
+                log.warning("the compiled decoder step failed, running eagerly: %s: %s", type(e).__name__, e)
+                self.compiled_step = None
         x = self.embed(tokens[:, None], start=t)[:, 0]  # [n, d]
         idx = state.image_index
         mask = _per_sequence(state.memory_mask, idx)[:, None] if state.memory_mask is not None else None  # [n, 1, L]

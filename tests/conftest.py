@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# No test compiles the decoder step in the background behind the others' backs (a minute of
+# CPU); tests/test_compiled_step.py compiles it on purpose.
+os.environ.setdefault("HMER_COMPILED_STEP", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"

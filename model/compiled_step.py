@@ -1,0 +1,274 @@
+"""The decoder step compiled ahead of time (torch.export + AOTInductor).
+
+A search step runs about 800 small tensor operations, so in eager PyTorch its
+time on a CPU is mostly per-operator cost, not arithmetic (the model card's
+"How far from the arithmetic"). Exported once with symbolic sizes (rows, cache
+length, grid) and compiled to native code, the same step runs about twice as
+fast, for every expression, without the recompilations `torch.compile` makes
+for each new prefix length.
+
+The compiled package holds no weights of its own that matter: `CompiledStep`
+loads the decoder's current weights into it (`load_constants`) and again
+whenever they change in place (a fine-tune), so one package per network shape,
+torch version and machine serves every checkpoint of that shape. Compiling
+takes about a minute and needs a C++ compiler; where it fails, or a step falls
+outside what the package was compiled for, `Decoder.step` runs eagerly, with the
+same results up to float rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import platform
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from model.decoder import Decoder, DecoderState
+
+log = logging.getLogger(__name__)
+
+# What the package is compiled for. The rasterizer's largest image (256 x 1024 px,
+# downsampled 16x) gives a 16 x 64 grid; 64 rows cover beam 32 in both directions.
+MAX_ROWS = 64
+MAX_CACHE = 256  # self-attention cache slots (the app's length bound is at most 200)
+MAX_GRID = (16, 64)
+
+
+def enabled() -> bool:
+    """False where the user turned the compiled step off: HMER_COMPILED_STEP=0."""
+    return os.environ.get("HMER_COMPILED_STEP", "1").strip() != "0"
+
+
+class CompileUnavailable(RuntimeError):
+    """This torch cannot export and compile ahead of time, or the compiler failed."""
+
+
+def _scalar_names(decoder: Decoder) -> list[str]:
+    """The decoder's one-element float weights (CBAM's spatial BatchNorm). Inductor writes
+    such constants into the generated code as numbers, where new weights would never reach
+    them, so the package takes them as an input instead."""
+    named = list(decoder.named_parameters()) + list(decoder.named_buffers())
+    return [name for name, t in named if t.numel() == 1 and t.is_floating_point()]
+
+
+def _scalars(decoder: Decoder, names: list[str]) -> Tensor:
+    values = dict(decoder.named_parameters()) | dict(decoder.named_buffers())
+    return torch.cat([values[name].detach().reshape(1).float() for name in names]) if names else torch.zeros(0)
+
+
+class _StepGraph(nn.Module):
+    """`_StepBody` with the decoder's one-element weights taken from the input `scalars`."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        super().__init__()
+        self.body = _StepBody(decoder)
+        self.names = _scalar_names(decoder)
+
+    def forward(
+        self, tokens: Tensor, position: Tensor, self_kv: Tensor, coverage: Tensor, coverage_rows: Tensor,
+        cross_k: Tensor, cross_v: Tensor, scalars: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+        overrides = {f"dec.{name}": scalars[i : i + 1] for i, name in enumerate(self.names)}
+        args = (tokens, position, self_kv, coverage, coverage_rows, cross_k, cross_v)
+        return torch.func.functional_call(self.body, overrides, args)
+
+
+class _StepBody(nn.Module):
+    """`Decoder.step` as a pure function of tensors, for export.
+
+    tokens [n]; position [1] (tokens consumed so far); self_kv [n, layers, 2, H, cap, dh]
+    (slots < position filled); coverage [rows, 2, layers, H, h, w]; coverage_rows [n];
+    cross_k [layers, H, dh, h, w]; cross_v [layers, H, h, w, dh].
+    Returns main and auxiliary logits [n, V], this token's keys/values
+    [n, layers, 2, H, dh], the new coverage [n, 2, layers, H, h, w] and the last
+    layer's refined attention [n, H, h*w].
+    """
+
+    def __init__(self, decoder: Decoder) -> None:
+        super().__init__()
+        self.dec = decoder
+
+    def forward(
+        self, tokens: Tensor, position: Tensor, self_kv: Tensor, coverage: Tensor, coverage_rows: Tensor,
+        cross_k: Tensor, cross_v: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+        dec = self.dec
+        n, layers, _, heads, cap, dh = self_kv.shape
+        h, w = coverage.shape[-2:]
+        length = h * w
+        x = dec.norm(dec.word_embed(tokens) + dec.pos_enc.pe.index_select(0, position))  # [n, d]
+        cov = coverage.flatten(-2)  # [rows, 2, layers, H, L]
+        arm_in = dec.arm.coverage_input(cov[:, 0, :-1], cov[:, 1, 1:], dim=2)  # [rows, layers-1, k*H, L]
+        arm_in = arm_in.reshape(-1, arm_in.shape[2], h, w)
+        penalties = dec.arm(arm_in, None).reshape(-1, layers - 1, heads, length).index_select(0, coverage_rows)
+        visible = (torch.arange(cap, device=tokens.device) < position)[None, None, None]  # [1, 1, 1, cap]
+        keys = cross_k.flatten(-2)  # [layers, H, dh, L]
+        values = cross_v.flatten(2, 3)  # [layers, H, L, dh]
+        new_kv, sums = [], []
+        attn = x
+        for i, layer in enumerate(dec.layers):
+            sa = layer.self_attn
+            qkv = F.linear(x, sa.in_proj_weight, sa.in_proj_bias).view(n, 3, heads, dh)  # [n, 3, H, dh]
+            new_kv.append(qkv[:, 1:])
+            k = torch.cat((self_kv[:, i, 0], qkv[:, 1, :, None]), dim=2)  # [n, H, cap+1, dh]
+            v = torch.cat((self_kv[:, i, 1], qkv[:, 2, :, None]), dim=2)
+            mask = torch.cat((visible, visible.new_ones(1, 1, 1, 1)), dim=-1)  # the cache's filled slots, and this token
+            out = F.scaled_dot_product_attention(qkv[:, 0, :, None], k, v, attn_mask=mask)  # [n, H, 1, dh]
+            x = layer.norm1(x + sa.out_proj(out.reshape(n, -1)))
+            mha = layer.multihead_attn
+            d = x.shape[-1]
+            q = F.linear(x, mha.in_proj_weight[:d], mha.in_proj_bias[:d]).view(n, heads, dh) * dh**-0.5
+            logits = (q.transpose(0, 1) @ keys[i]).transpose(0, 1)  # [n, H, L]
+            raw = torch.softmax(logits, dim=-1)
+            attn = raw if i == 0 else torch.softmax(logits - penalties[:, i - 1], dim=-1)
+            sums += [attn, raw]
+            ctx = (attn.transpose(0, 1) @ values[i]).transpose(0, 1)  # [n, H, dh]
+            x = layer.norm2(x + mha.out_proj(ctx.reshape(n, -1)))
+            x = layer.feed_forward(x)
+        added = torch.stack(sums, dim=1).view(n, layers, 2, heads, h, w).transpose(1, 2)  # [n, 2, layers, H, h, w]
+        new_coverage = coverage.index_select(0, coverage_rows) + added
+        return dec.head(x), dec.aux_head(x), torch.stack(new_kv, dim=1), new_coverage, attn
+
+
+def package_key(decoder: Decoder) -> str:
+    """What a package depends on: the network's shape, this torch, this machine."""
+    arm = decoder.arm
+    parts = [f"heads {decoder.nhead}", f"arm {arm.cross_coverage if arm else None} {arm.self_coverage if arm else None}",
+             repr([(k, tuple(v.shape)) for k, v in decoder.state_dict().items()]),
+             torch.__version__, platform.machine(), platform.system(), str(torch.backends.cpu.get_cpu_capability())]  # fmt: skip
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _example(decoder: Decoder) -> tuple[Tensor, ...]:
+    d = decoder.norm.normalized_shape[0]
+    heads, layers = decoder.nhead, len(decoder.layers)
+    n, cap, h, w = 6, 16, 5, 12
+    return (torch.zeros(n, dtype=torch.long), torch.tensor([3]), torch.zeros(n, layers, 2, heads, cap, d // heads),
+            torch.zeros(4, 2, layers, heads, h, w), torch.tensor([0, 0, 1, 2, 3, 3]),
+            torch.zeros(layers, heads, d // heads, h, w), torch.zeros(layers, heads, h, w, d // heads),
+            _scalars(decoder, _scalar_names(decoder)))  # fmt: skip
+
+
+def compile_step(decoder: Decoder, path: str | Path) -> Path:
+    """Export and compile `decoder`'s step into a package at `path` (written whole or not
+    at all). Raises `CompileUnavailable` with the reason when it cannot."""
+    if decoder.arm is None or len(decoder.layers) < 2:
+        raise CompileUnavailable("only decoders with the ARM and at least two layers are compiled")
+    if not hasattr(torch._inductor, "aoti_compile_and_package"):
+        raise CompileUnavailable(f"torch {torch.__version__} cannot compile ahead of time (2.6 or newer can)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Dim = torch.export.Dim
+    n, rows = Dim("rows", min=1, max=MAX_ROWS), Dim("parents", min=1, max=MAX_ROWS)
+    cap, h, w = Dim("cache", min=2, max=MAX_CACHE), Dim("h", min=1, max=MAX_GRID[0]), Dim("w", min=1, max=MAX_GRID[1])
+    dynamic = ({0: n}, None, {0: n, 4: cap}, {0: rows, 4: h, 5: w}, {0: n}, {3: h, 4: w}, {2: h, 3: w}, None)
+    # Export traces a copy: the app keeps recognizing with the decoder meanwhile.
+    decoder = copy.deepcopy(decoder, memo={id(decoder.compiled_step): None}).eval()
+    fd, tmp = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
+    os.close(fd)
+    try:
+        with torch.no_grad():
+            program = torch.export.export(_StepGraph(decoder), _example(decoder), dynamic_shapes=dynamic)
+            # Runtime folding: what inductor derives from the weights (transposed copies) is
+            # derived again when `CompiledStep` loads other weights.
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=tmp, inductor_configs={"aot_inductor.use_runtime_constant_folding": True}
+            )
+        os.replace(tmp, path)
+    except CompileUnavailable:
+        raise
+    except Exception as e:  # the exporter and the C++ toolchain fail in many ways; all mean "run eagerly"
+        raise CompileUnavailable(f"compiling the decoder step failed: {type(e).__name__}: {e}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _weights_version(decoder: Decoder) -> tuple[int, int]:
+    tensors = list(decoder.parameters()) + list(decoder.buffers())
+    return id(decoder), sum(t._version for t in tensors)
+
+
+class CompiledStep:
+    """A compiled package bound to one decoder, whose weights it follows."""
+
+    def __init__(self, package: Any, decoder: Decoder) -> None:
+        self._package = package
+        self._decoder = decoder
+        self._version: tuple[int, int] | None = None
+        self._names = _scalar_names(decoder)
+        self._scalars = _scalars(decoder, self._names)
+        self._lock = threading.Lock()
+        self._refresh()
+
+    @classmethod
+    def load(cls, path: str | Path, decoder: Decoder) -> CompiledStep:
+        """Load a package made by `compile_step` for a decoder of the same shape.
+        Raises `CompileUnavailable` when it cannot be loaded or does not fit."""
+        try:
+            package = torch._inductor.aoti_load_package(str(path))
+            return cls(package, decoder)
+        except Exception as e:
+            raise CompileUnavailable(f"{path}: not a usable compiled decoder step ({type(e).__name__}: {e})") from e
+
+    def _refresh(self) -> None:
+        """Load the decoder's weights into the package when they changed (or never were)."""
+        version = _weights_version(self._decoder)
+        if version == self._version:
+            return
+        with self._lock:
+            state = {f"body.dec.{k}": v.detach() for k, v in self._decoder.state_dict(keep_vars=True).items()}
+            state["body.dec.pos_enc.pe"] = self._decoder.pos_enc.pe
+            # Constants inductor derived from the weights (transposes, slices) are refolded
+            # from these when the package runs next (compiled with runtime constant folding).
+            wanted = [k for k in self._package.get_constant_fqns() if not k.startswith("_FOLDED_CONST_")]
+            missing = [k for k in wanted if k not in state]
+            if missing:
+                raise CompileUnavailable(f"the compiled step wants weights this decoder lacks: {missing[:3]}")
+            self._package.load_constants({k: state[k] for k in wanted}, check_full_update=False)
+            self._scalars = _scalars(self._decoder, self._names)
+            self._version = version
+
+    def fits(self, state: DecoderState, n: int) -> bool:
+        """Whether the package was compiled for this step's sizes and inputs."""
+        cap = state.self_kv.shape[4]
+        rows = state.coverage.shape[0]
+        width = state.coverage.shape[-1] // state.height
+        return (
+            state.memory_mask is None and state.cross_k.shape[1] == 1 and state.self_kv.device.type == "cpu"
+            and state.self_kv.dtype == torch.float32
+            and 1 <= n <= MAX_ROWS and 1 <= rows <= MAX_ROWS and 2 <= cap <= MAX_CACHE
+            and 1 <= state.height <= MAX_GRID[0] and 1 <= width <= MAX_GRID[1]
+        )  # fmt: skip
+
+    def step(self, state: DecoderState, tokens: Tensor, need_aux: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+        """`Decoder.step` through the package; the caller has checked `fits` and grown the cache."""
+        if state.length == 0:  # once per search: weights change between recognitions, not within one
+            self._refresh()
+        t = state.length
+        n = tokens.shape[0]
+        h = state.height
+        layers, _, heads, dh, length = state.cross_k.shape
+        w = length // h
+        rows = state.coverage_rows if state.coverage_rows is not None else torch.arange(n)
+        coverage = state.coverage.view(state.coverage.shape[0], 2, layers, heads, h, w)
+        main, aux, new_kv, new_coverage, attn = self._package(
+            tokens, torch.tensor([t]), state.self_kv, coverage, rows,
+            state.cross_k.view(layers, heads, dh, h, w), state.cross_v.view(layers, heads, h, w, dh), self._scalars,
+        )  # fmt: skip
+        state.self_kv[:, :, :, :, t] = new_kv
+        state.coverage = new_coverage.view(n, 2, layers, heads, length)
+        state.coverage_rows = None
+        state.length += 1
+        return main, (aux if need_aux else None), attn

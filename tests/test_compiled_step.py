@@ -1,0 +1,106 @@
+"""The ahead-of-time compiled decoder step reads exactly as the eager one, follows the
+weights, and never costs a recognition when it cannot be used."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from model.compiled_step import CompiledStep, package_key
+from model.recognizer import Recognizer
+from tests.conftest import SYNTHETIC_EXPRESSIONS
+from tests.synthetic_ink import ink_for
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(torch._inductor, "aoti_compile_and_package") or not (shutil.which("c++") or shutil.which("g++")),
+    reason="needs torch >= 2.6 and a C++ compiler to compile ahead of time",
+)
+
+
+@pytest.fixture(scope="module")
+def compiled_dir(tmp_path_factory, tiny_checkpoint):
+    out = tmp_path_factory.mktemp("compiled")
+    message = Recognizer.load(tiny_checkpoint, device="cpu").use_compiled_step(out, compile_if_missing="now")
+    assert message.startswith("using the compiled decoder step"), message
+    return out
+
+
+def _pair(tiny_checkpoint, compiled_dir) -> tuple[Recognizer, Recognizer]:
+    eager = Recognizer.load(tiny_checkpoint, device="cpu")
+    fast = Recognizer.load(tiny_checkpoint, device="cpu")
+    assert fast.use_compiled_step(compiled_dir).startswith("using")  # the package is found, not rebuilt
+    return eager, fast
+
+
+def _same(a, b) -> None:
+    assert a.tokens == b.tokens
+    assert [x.latex for x in a.alternatives] == [x.latex for x in b.alternatives]
+    np.testing.assert_allclose([x.score for x in a.alternatives], [x.score for x in b.alternatives], atol=1e-4)
+    np.testing.assert_allclose(a.attention, b.attention, atol=1e-4)
+    np.testing.assert_allclose(a.token_probs, b.token_probs, atol=1e-4)
+    assert a.structure == b.structure
+
+
+def test_the_compiled_step_reads_as_the_eager_one(tiny_checkpoint, compiled_dir):
+    eager, fast = _pair(tiny_checkpoint, compiled_dir)
+    calls = []
+    step = fast.model.decoder.compiled_step
+    original = step.step
+    step.step = lambda *a, **k: calls.append(1) or original(*a, **k)
+    for latex in SYNTHETIC_EXPRESSIONS[:4]:
+        strokes = ink_for(latex)
+        for beam in (1, 5):  # the greedy preview (one row) and the beam search
+            _same(eager.recognize(strokes, beam), fast.recognize(strokes, beam))
+    assert len(calls) > 20  # it was the compiled step that ran
+
+
+def test_the_compiled_step_follows_weights_changed_in_place(tiny_checkpoint, compiled_dir):
+    eager, fast = _pair(tiny_checkpoint, compiled_dir)
+    strokes = ink_for(SYNTHETIC_EXPRESSIONS[1])
+    before = fast.recognize(strokes, 5)
+    with torch.no_grad():  # as a fine-tune in place would
+        for model in (eager.model, fast.model):
+            torch.manual_seed(0)
+            for p in model.decoder.parameters():
+                p.mul_(1 + 0.05 * torch.randn_like(p))
+    after = fast.recognize(strokes, 5)
+    assert after.alternatives[0].score != pytest.approx(before.alternatives[0].score)
+    _same(eager.recognize(strokes, 5), after)
+
+
+def test_a_broken_package_is_replaced_and_recognition_runs_meanwhile(tiny_checkpoint, compiled_dir, tmp_path):
+    rec = Recognizer.load(tiny_checkpoint, device="cpu")
+    package = tmp_path / f"step-{package_key(rec.model.decoder)}.pt2"
+    package.write_bytes(b"not a package")
+    message = rec.use_compiled_step(tmp_path)  # compile_if_missing="no"
+    assert message.startswith("not compiled") and rec.model.decoder.compiled_step is None
+    assert not package.exists()  # the next start compiles a good one
+    assert rec.recognize(ink_for(SYNTHETIC_EXPRESSIONS[0]), 3).tokens == SYNTHETIC_EXPRESSIONS[0].split()
+
+
+def test_a_failing_compiled_step_falls_back_to_eager_for_good(tiny_checkpoint, compiled_dir):
+    eager, fast = _pair(tiny_checkpoint, compiled_dir)
+
+    def broken(*args):
+        raise RuntimeError("simulated failure inside the compiled code")
+
+    fast.model.decoder.compiled_step._package = broken
+    strokes = ink_for(SYNTHETIC_EXPRESSIONS[2])
+    _same(eager.recognize(strokes, 5), fast.recognize(strokes, 5))
+    assert fast.model.decoder.compiled_step is None
+
+
+def test_steps_the_package_was_not_compiled_for_run_eagerly(tiny_checkpoint, compiled_dir):
+    _, fast = _pair(tiny_checkpoint, compiled_dir)
+    decoder = fast.model.decoder
+    step: CompiledStep = decoder.compiled_step
+    memory = torch.randn(2, 3, 5, decoder.norm.normalized_shape[0])
+    mask = torch.zeros(2, 3, 5, dtype=torch.bool)
+    image_index = torch.tensor([0, 0, 1, 1])
+    assert not step.fits(decoder.start(memory, mask, image_index), 4)  # two images: evaluation batches
+    mask[1, :, 4:] = True
+    assert not step.fits(decoder.start(memory[:1], mask[1:], image_index[:2] * 0), 2)  # padding
+    assert step.fits(decoder.start(memory[:1], mask[:1], image_index[:2] * 0), 2)
