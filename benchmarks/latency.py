@@ -35,6 +35,9 @@ convolution. No implementation of the same search in fp32 can beat that floor;
 the ratio of a measured time to it is what overhead and memory traffic cost.
 
     python benchmarks/latency.py --data ... --split 2014 --limit 60 --no-baseline --floor
+
+`--compiled` times the app's compiled decoder step (`model/compiled_step.py`);
+`--compiled --no-baseline --against SAME.pt` times it against the eager step.
 """
 
 from __future__ import annotations
@@ -119,10 +122,16 @@ def baseline_recognize(rec: Recognizer, strokes, beam: int, max_len: int, refere
 
 
 def count_flops(rec: Recognizer, strokes, beam: int) -> int:
-    """Floating-point operations of one recognition of new ink, as the app runs it."""
+    """Floating-point operations of one recognition of new ink, as the app runs it. Counted
+    with the eager decoder step: the counter cannot see inside the compiled one, which does
+    the same arithmetic."""
     rec.forget_encoding()
-    with FlopCounterMode(display=False) as counter:
-        rec.recognize(strokes, beam)
+    compiled, rec.model.decoder.compiled_step = rec.model.decoder.compiled_step, None
+    try:
+        with FlopCounterMode(display=False) as counter:
+            rec.recognize(strokes, beam)
+    finally:
+        rec.model.decoder.compiled_step = compiled
     return counter.get_total_flops()
 
 
@@ -178,6 +187,9 @@ def main() -> int:
                         help=f"beam threshold of the timed search (default: the app's, {DEFAULT_PRUNE}; none: exact)")
     parser.add_argument("--against-prune", type=_threshold, default=DEFAULT_PRUNE, metavar="NATS|none",
                         help="the same for --against: `--against SAME.pt --against-prune none` times pruning")
+    parser.add_argument("--compiled", action="store_true",
+                        help="the timed checkpoint steps through the compiled decoder step (compiled first if it "
+                             "is not in the cache); with --against, the other runs eagerly")
     parser.add_argument("--floor", action="store_true",
                         help="count each recognition's operations and report the fp32 arithmetic floor")
     parser.add_argument("--json", type=Path)
@@ -197,6 +209,12 @@ def main() -> int:
         r.early_stopping = args.early_stopping
         r.well_formed = not args.free_syntax
     rec.prune = args.prune
+    if args.compiled:
+        message = rec.use_compiled_step(compile_if_missing="now")
+        print(message, file=sys.stderr)
+        if not message.startswith("using"):
+            print(f"latency: --compiled: {message}", file=sys.stderr)
+            return 2
     if other:
         other.prune = args.against_prune
     examples, _ = load_split(args.data, args.split, rec.vocab, limit=args.limit)
@@ -243,7 +261,7 @@ def main() -> int:
     print(file=sys.stderr)
     report = {
         "checkpoint": name, "split": args.split, "n": len(examples), "beam": args.beam, "threads": torch.get_num_threads(),
-        "syntax_rules": rec.well_formed, "prune": args.prune,
+        "syntax_rules": rec.well_formed, "prune": args.prune, "compiled_step": rec.model.decoder.compiled_step is not None,
         "p50_ms": float(np.percentile(ours, 50)), "p95_ms": float(np.percentile(ours, 95)),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "stage_p50_ms": {stage: float(np.percentile(v, 50)) for stage, v in stages.items()},

@@ -24,7 +24,6 @@ import numpy as np
 from model.cancel import RecognitionCancelled, ShouldStop
 from model.prediction import Prediction
 
-
 log = logging.getLogger(__name__)
 
 
@@ -51,7 +50,7 @@ def load_recognizer(checkpoint: Path | None, device: str) -> RecognizerLike:
     from model.recognizer import Recognizer
 
     recognizer = Recognizer.load(checkpoint, device=device)
-    if enabled():  # about twice as fast per decoder step; compiled once per machine, in the background
+    if enabled():  # faster decoder steps; loaded (or compiled once per machine) in the background
         log.info(recognizer.use_compiled_step(compile_if_missing="background"))
     return recognizer
 

@@ -140,13 +140,15 @@ class Recognizer:
         """Run the decoder's steps through an ahead-of-time compiled package (`model.compiled_step`,
         about twice as fast per step on CPU), loaded from `cache_dir` (default: the user's cache).
 
-        compile_if_missing: "no" (use a package only if one is there), "now" (compile here,
-        about a minute) or "background" (compile on a low-priority thread and switch to it when
-        ready; recognition runs eagerly meanwhile). Returns what happened, in words; any
-        failure leaves the eager step in place and is logged, never raised.
+        compile_if_missing: "no" (use a package only if one is there), "now" (compile here if
+        needed, about half a minute) or "background" (load or compile on a low-priority thread
+        and switch to it when ready; recognition runs eagerly meanwhile). Returns what happened,
+        in words; any failure leaves the eager step in place and is logged, never raised.
         """
-        from model.compiled_step import CompileUnavailable, CompiledStep, compile_step, package_key
+        from model.compiled_step import CompiledStep, CompileUnavailable, compile_step, package_key
 
+        if compile_if_missing not in ("no", "now", "background"):
+            raise ValueError(f"compile_if_missing is 'no', 'now' or 'background', not {compile_if_missing!r}")
         if self.device.type != "cpu":
             return "not compiled: the compiled step is for the CPU"
         decoder = self.model.decoder
@@ -158,19 +160,17 @@ class Recognizer:
                 decoder.compiled_step = step
             return f"using the compiled decoder step {path}"
 
-        if path.exists():
-            try:
-                return attach()
-            except CompileUnavailable as e:
-                log.warning("%s; recompiling", e)
-                path.unlink(missing_ok=True)
-        if compile_if_missing == "no":
-            return f"not compiled: no package at {path}"
-
-        def build() -> str:
+        def prepare(compile_missing: bool) -> str:
+            if path.exists():
+                try:
+                    return attach()
+                except CompileUnavailable as e:
+                    log.warning("%s; it is deleted", e)
+                    path.unlink(missing_ok=True)
+            if not compile_missing:
+                return f"not compiled: no package at {path}"
             started = time.perf_counter()
             try:
-                _lower_this_thread_priority()
                 compile_step(decoder, path)
                 message = attach()
             except CompileUnavailable as e:
@@ -179,10 +179,15 @@ class Recognizer:
             log.info("compiled the decoder step in %.0f s: %s", time.perf_counter() - started, path)
             return message
 
-        if compile_if_missing == "now":
-            return build()
-        threading.Thread(target=build, name="hmer-compile-step", daemon=True).start()
-        return f"compiling the decoder step in the background into {path}"
+        if compile_if_missing != "background":
+            return prepare(compile_if_missing == "now")
+
+        def in_background() -> None:
+            _lower_this_thread_priority()
+            log.info(prepare(True))
+
+        threading.Thread(target=in_background, name="hmer-compiled-step", daemon=True).start()
+        return f"preparing the compiled decoder step in the background ({path})"
 
     @property
     def exact_search(self) -> bool:

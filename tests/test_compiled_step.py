@@ -104,3 +104,18 @@ def test_steps_the_package_was_not_compiled_for_run_eagerly(tiny_checkpoint, com
     mask[1, :, 4:] = True
     assert not step.fits(decoder.start(memory[:1], mask[1:], image_index[:2] * 0), 2)  # padding
     assert step.fits(decoder.start(memory[:1], mask[:1], image_index[:2] * 0), 2)
+
+
+def test_the_app_loads_the_package_in_the_background_and_recognizes_meanwhile(tiny_checkpoint, compiled_dir):
+    import time
+
+    rec = Recognizer.load(tiny_checkpoint, device="cpu")
+    message = rec.use_compiled_step(compiled_dir, compile_if_missing="background")
+    assert message.startswith("preparing")
+    strokes = ink_for(SYNTHETIC_EXPRESSIONS[0])
+    assert rec.recognize(strokes, 3).tokens == SYNTHETIC_EXPRESSIONS[0].split()  # eagerly, or already compiled
+    deadline = time.monotonic() + 60
+    while rec.model.decoder.compiled_step is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rec.model.decoder.compiled_step is not None
+    assert rec.recognize(strokes, 3).tokens == SYNTHETIC_EXPRESSIONS[0].split()
