@@ -11,7 +11,9 @@ way of scheduling compared (`--ways KIND:DEBOUNCE_MS ...`), in one run:
   while the next stroke was being drawn, and a running search could not be stopped, so
   a beam search started mid-stroke made the next preview wait for its end;
 * `now`: the beam search starts only once the pen has stayed up for the debounce, and
-  new ink stops a running recognition of older ink at its next decoder step.
+  new ink stops a running recognition of older ink at its next decoder step;
+* `compiled`: as `now`, with the compiled decoder step (`model/compiled_step.py`;
+  compiled first if the cache has none), as the app runs once it has compiled it.
 
 Reported per way: the wait from each pen up to its preview (p50 / p95 over all
 strokes), how many previews were never shown because newer ink came first, the wait
@@ -42,7 +44,7 @@ from model.paths import BUNDLED_CHECKPOINT, asset_path  # noqa: E402
 from model.recognizer import Recognizer  # noqa: E402
 from train.data import load_split  # noqa: E402
 
-KINDS = ("before", "now")
+KINDS = ("before", "now", "compiled")
 
 
 def _way(text: str) -> tuple[str, float]:
@@ -118,7 +120,7 @@ def replay(service: RecognitionService, strokes: list[np.ndarray], downs: list[f
         next_up = ups[k + 1] if k + 1 < len(strokes) else float("inf")
         due = ups[k] + debounce_s
         # before: the debounce restarted at the next pen up only; now: the next pen down stops it
-        if (kind == "before" and due < next_up) or (kind == "now" and due < next_down):
+        if (kind == "before" and due < next_up) or (kind != "before" and due < next_down):
             events.append((due, "beam", k))
     events.sort()
     start = time.perf_counter()
@@ -183,6 +185,12 @@ def main() -> int:
         parser.error("each way once")
     recognizers = {way: (_Unstoppable if kind == "before" else Recognizer).load(args.checkpoint, device="cpu")
                    for way, (kind, _) in zip(ways, args.ways)}  # fmt: skip
+    for way, (kind, _) in zip(ways, args.ways):
+        if kind == "compiled":
+            message = recognizers[way].use_compiled_step(compile_if_missing="now")
+            if not message.startswith("using"):
+                print(f"live_drawing: {way}: {message}", file=sys.stderr)
+                return 2
     try:
         examples, _ = load_split(args.data, args.split, recognizers[ways[0]].vocab, limit=args.limit)
     except FileNotFoundError as e:

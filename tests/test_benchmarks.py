@@ -390,13 +390,13 @@ def test_live_drawing_requests_the_beam_search_only_when_the_pen_rests():
     strokes = [np.zeros((2, 2))] * 3
     downs, ups = [0.0, 0.07, 0.22], [0.05, 0.20, 0.25]  # pen up for 20 ms twice; up to up 150 and 50 ms
     asked = {}
-    for kind in ("before", "now"):
+    for kind in ("before", "now", "compiled"):
         service = Recording()
         report = replay(service, strokes, downs, ups, kind, debounce_s=0.08, beam=10, settle_s=1.0)
         asked[kind] = service.asked
         assert report["previews_missed"] == 0 and report["final_wait_s"] >= 0.08
     assert asked["before"] == [(1, 1), (1, 10), (2, 1), (3, 1), (3, 10)]  # (1, 10) while stroke 2 was drawn
-    assert asked["now"] == [(1, 1), (2, 1), (3, 1), (3, 10)]
+    assert asked["now"] == asked["compiled"] == [(1, 1), (2, 1), (3, 1), (3, 10)]
 
 
 def test_live_drawing_benchmark_replays_expressions_for_each_way(tmp_path, tiny_checkpoint):
