@@ -173,15 +173,18 @@ def compile_step(decoder: Decoder, path: str | Path) -> Path:
     if not hasattr(torch._inductor, "aoti_compile_and_package"):
         raise CompileUnavailable(f"torch {torch.__version__} cannot compile ahead of time (2.6 or newer can)")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     Dim = torch.export.Dim
     n, rows = Dim("rows", min=1, max=MAX_ROWS), Dim("parents", min=1, max=MAX_ROWS)
     cap, h, w = Dim("cache", min=2, max=MAX_CACHE), Dim("h", min=1, max=MAX_GRID[0]), Dim("w", min=1, max=MAX_GRID[1])
     dynamic = ({0: n}, None, {0: n, 4: cap}, {0: rows, 4: h, 5: w}, {0: n}, {3: h, 4: w}, {2: h, 3: w}, None)
     # Export traces a copy: the app keeps recognizing with the decoder meanwhile.
     decoder = copy.deepcopy(decoder, memo={id(decoder.compiled_step): None}).eval()
-    fd, tmp = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
-    os.close(fd)
+    try:  # a cache folder that cannot be written (full disk, read-only) also means "run eagerly"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise CompileUnavailable(f"cannot write the compiled decoder step into {path.parent}: {e}") from e
     try:
         with torch.no_grad():
             program = torch.export.export(_StepGraph(decoder), _example(decoder), dynamic_shapes=dynamic)

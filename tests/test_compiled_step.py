@@ -81,6 +81,15 @@ def test_a_broken_package_is_replaced_and_recognition_runs_meanwhile(tiny_checkp
     assert rec.recognize(ink_for(SYNTHETIC_EXPRESSIONS[0]), 3).tokens == SYNTHETIC_EXPRESSIONS[0].split()
 
 
+def test_a_cache_folder_that_cannot_be_written_leaves_the_eager_step(tiny_checkpoint, tmp_path):
+    rec = Recognizer.load(tiny_checkpoint, device="cpu")
+    blocker = tmp_path / "a file where the folder should be"
+    blocker.write_text("")
+    message = rec.use_compiled_step(blocker / "compiled", compile_if_missing="now")
+    assert message.startswith("not compiled: cannot write") and rec.model.decoder.compiled_step is None
+    assert rec.recognize(ink_for(SYNTHETIC_EXPRESSIONS[0]), 3).tokens == SYNTHETIC_EXPRESSIONS[0].split()
+
+
 def test_a_failing_compiled_step_falls_back_to_eager_for_good(tiny_checkpoint, compiled_dir):
     eager, fast = _pair(tiny_checkpoint, compiled_dir)
 
