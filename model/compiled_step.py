@@ -1,19 +1,22 @@
-"""The decoder step compiled ahead of time (torch.export + AOTInductor).
+"""The decoder compiled ahead of time (torch.export + AOTInductor).
 
 A search step runs about 800 small tensor operations, so in eager PyTorch its
 time on a CPU is mostly per-operator cost, not arithmetic (the model card's
-"How far from the arithmetic"). Exported once with symbolic sizes (rows, cache
-length, grid) and compiled to native code, the same step runs 1.7-2.4x as
-fast alone (recognition: 0.7-0.8x the time), for every expression, without the
-recompilations `torch.compile` makes for each new prefix length.
+"How far from the arithmetic"). Two graphs are exported once with symbolic
+sizes and compiled to native code: the search's step (1.7-2.4x as fast alone)
+and the teacher-forced pass on one image that rescores hypotheses and draws
+the attention maps (1.4-2.0x on a typical expression's sizes). Recognition
+takes 0.7-0.8x the time, and, unlike `torch.compile`, nothing recompiles for
+a new prefix length.
 
-The compiled package holds no weights of its own that matter: `CompiledStep`
-loads the decoder's current weights into it (`load_constants`) and again
-whenever they change in place (a fine-tune), so one package per network shape,
-torch version and machine serves every checkpoint of that shape. Compiling
-takes about half a minute on a 2-core CPU and needs a C++ compiler; where it fails, or a step falls
-outside what the package was compiled for, `Decoder.step` runs eagerly, with the
-same results up to float rounding.
+The packages hold no weights of their own that matter: `CompiledStep` and
+`CompiledForward` load the decoder's current weights into them
+(`load_constants`), and again whenever they change in place (a fine-tune). So
+one pair of packages per network shape, torch version and machine serves every
+checkpoint of that shape. Compiling takes about a minute on a 2-core CPU and
+needs a C++ compiler. Where it fails, or an input falls outside what a package
+was compiled for, the decoder runs eagerly, with the same results up to float
+rounding.
 """
 
 from __future__ import annotations
@@ -140,6 +143,34 @@ class _StepBody(nn.Module):
         return dec.head(x), dec.aux_head(x), torch.stack(new_kv, dim=1), new_coverage, attn
 
 
+class _ForcedBody(nn.Module):
+    """`Decoder.forward` in evaluation on one image, as a function of tensors, for export:
+    memory [1, h, w, d], mem_mask [1, h, w], tokens [b, t] -> main and auxiliary logits
+    [b, t, V] and the last layer's refined attention [b, H, t, h*w]. The rescoring by the
+    opposite direction and the attention maps of a beam reading run it."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        super().__init__()
+        self.dec = decoder
+
+    def forward(self, memory: Tensor, mem_mask: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        image_index = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+        return self.dec(memory, mem_mask, tokens, need_attention=True, image_index=image_index)
+
+
+class _ForcedGraph(nn.Module):
+    """`_ForcedBody` with the decoder's one-element weights taken from the input `scalars`."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        super().__init__()
+        self.body = _ForcedBody(decoder)
+        self.names = _scalar_names(decoder)
+
+    def forward(self, memory: Tensor, mem_mask: Tensor, tokens: Tensor, scalars: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        overrides = {f"dec.{name}": scalars[i : i + 1] for i, name in enumerate(self.names)}
+        return torch.func.functional_call(self.body, overrides, (memory, mem_mask, tokens))
+
+
 def package_key(decoder: Decoder) -> str:
     """What a package depends on: the network's shape, this torch, this machine."""
     arm = decoder.arm
@@ -162,42 +193,65 @@ def _example(decoder: Decoder) -> tuple[Tensor, ...]:
 def compile_step(decoder: Decoder, path: str | Path) -> Path:
     """Export and compile `decoder`'s step into a package at `path` (written whole or not
     at all). Raises `CompileUnavailable` with the reason when it cannot."""
+    Dim = torch.export.Dim
+    n, rows = Dim("rows", min=1, max=MAX_ROWS), Dim("parents", min=1, max=MAX_ROWS)
+    cap, h, w = Dim("cache", min=2, max=MAX_CACHE), Dim("h", min=1, max=MAX_GRID[0]), Dim("w", min=1, max=MAX_GRID[1])
+    dynamic = ({0: n}, None, {0: n, 4: cap}, {0: rows, 4: h, 5: w}, {0: n}, {3: h, 4: w}, {2: h, 3: w}, None)
+    return _compile(decoder, _StepGraph, _example, dynamic, path)
+
+
+def compile_forward(decoder: Decoder, path: str | Path) -> Path:
+    """Export and compile `decoder`'s teacher-forced pass on one image (`_ForcedBody`) into a
+    package at `path`, likewise."""
+    Dim = torch.export.Dim
+    b, t = Dim("sequences", min=1, max=MAX_ROWS), Dim("length", min=2, max=MAX_CACHE)
+    h, w = Dim("h", min=1, max=MAX_GRID[0]), Dim("w", min=1, max=MAX_GRID[1])
+    dynamic = ({1: h, 2: w}, {1: h, 2: w}, {0: b, 1: t}, None)
+
+    def example(dec: Decoder) -> tuple[Tensor, ...]:
+        d = dec.norm.normalized_shape[0]
+        tokens = torch.randint(4, dec.head.out_features, (6, 9))
+        return (torch.zeros(1, 5, 12, d), torch.zeros(1, 5, 12, dtype=torch.bool), tokens,
+                _scalars(dec, _scalar_names(dec)))  # fmt: skip
+
+    return _compile(decoder, _ForcedGraph, example, dynamic, path)
+
+
+def _compile(decoder: Decoder, graph: type[nn.Module], example: Any, dynamic: Any, path: str | Path) -> Path:
     if decoder.arm is None or len(decoder.layers) < 2:
         raise CompileUnavailable("only decoders with the ARM and at least two layers are compiled")
     if getattr(sys, "frozen", False):  # inductor starts `sys.executable` workers: that would be the app itself
         raise CompileUnavailable("a packaged app does not compile; a Python installation of hmer does")
     try:
-        import torch._inductor  # noqa: F401  (a second or so: imported only when compiling or loading)
+        import torch._inductor  # a second or so: imported only when compiling or loading
     except ImportError as e:
         raise CompileUnavailable(f"torch's compiler cannot be imported: {e}") from e
     if not hasattr(torch._inductor, "aoti_compile_and_package"):
         raise CompileUnavailable(f"torch {torch.__version__} cannot compile ahead of time (2.6 or newer can)")
     path = Path(path)
-    Dim = torch.export.Dim
-    n, rows = Dim("rows", min=1, max=MAX_ROWS), Dim("parents", min=1, max=MAX_ROWS)
-    cap, h, w = Dim("cache", min=2, max=MAX_CACHE), Dim("h", min=1, max=MAX_GRID[0]), Dim("w", min=1, max=MAX_GRID[1])
-    dynamic = ({0: n}, None, {0: n, 4: cap}, {0: rows, 4: h, 5: w}, {0: n}, {3: h, 4: w}, {2: h, 3: w}, None)
-    # Export traces a copy: the app keeps recognizing with the decoder meanwhile.
-    decoder = copy.deepcopy(decoder, memo={id(decoder.compiled_step): None}).eval()
+    # Export traces a copy: the app keeps recognizing with the decoder meanwhile. The copy's
+    # ARM refines any batch at once (the grouping is a branch on sizes; `fits` keeps large
+    # batches on the eager path, which groups them).
+    memo = {id(decoder.compiled_step): None, id(decoder.compiled_forward): None}
+    decoder = copy.deepcopy(decoder, memo=memo).eval()
+    decoder.arm.eval_group_elements = 2**62
     try:  # a cache folder that cannot be written (full disk, read-only) also means "run eagerly"
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
         os.close(fd)
     except OSError as e:
-        raise CompileUnavailable(f"cannot write the compiled decoder step into {path.parent}: {e}") from e
+        raise CompileUnavailable(f"cannot write the compiled decoder into {path.parent}: {e}") from e
     try:
         with torch.no_grad():
-            program = torch.export.export(_StepGraph(decoder), _example(decoder), dynamic_shapes=dynamic)
+            program = torch.export.export(graph(decoder), example(decoder), dynamic_shapes=dynamic)
             # Runtime folding: what inductor derives from the weights (transposed copies) is
-            # derived again when `CompiledStep` loads other weights.
+            # derived again when the weights are loaded anew.
             torch._inductor.aoti_compile_and_package(
                 program, package_path=tmp, inductor_configs={"aot_inductor.use_runtime_constant_folding": True}
             )
         os.replace(tmp, path)
-    except CompileUnavailable:
-        raise
     except Exception as e:  # the exporter and the C++ toolchain fail in many ways; all mean "run eagerly"
-        raise CompileUnavailable(f"compiling the decoder step failed: {type(e).__name__}: {e}") from e
+        raise CompileUnavailable(f"compiling {graph.__name__} failed: {type(e).__name__}: {e}") from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -209,7 +263,7 @@ def _weights_version(decoder: Decoder) -> tuple[int, int]:
     return id(decoder), sum(t._version for t in tensors)
 
 
-class CompiledStep:
+class _Package:
     """A compiled package bound to one decoder, whose weights it follows."""
 
     def __init__(self, package: Any, decoder: Decoder) -> None:
@@ -222,16 +276,16 @@ class CompiledStep:
         self._refresh()
 
     @classmethod
-    def load(cls, path: str | Path, decoder: Decoder) -> CompiledStep:
-        """Load a package made by `compile_step` for a decoder of the same shape.
-        Raises `CompileUnavailable` when it cannot be loaded or does not fit."""
+    def load(cls, path: str | Path, decoder: Decoder) -> _Package:
+        """Load a package compiled for a decoder of the same shape. Raises
+        `CompileUnavailable` when it cannot be loaded or does not fit."""
         try:
             import torch._inductor
 
             package = torch._inductor.aoti_load_package(str(path))
             return cls(package, decoder)
         except Exception as e:
-            raise CompileUnavailable(f"{path}: not a usable compiled decoder step ({type(e).__name__}: {e})") from e
+            raise CompileUnavailable(f"{path}: not a usable compiled package ({type(e).__name__}: {e})") from e
 
     def _refresh(self) -> None:
         """Load the decoder's weights into the package when they changed (or never were)."""
@@ -246,10 +300,38 @@ class CompiledStep:
             wanted = [k for k in self._package.get_constant_fqns() if not k.startswith("_FOLDED_CONST_")]
             missing = [k for k in wanted if k not in state]
             if missing:
-                raise CompileUnavailable(f"the compiled step wants weights this decoder lacks: {missing[:3]}")
+                raise CompileUnavailable(f"the compiled package wants weights this decoder lacks: {missing[:3]}")
             self._package.load_constants({k: state[k] for k in wanted}, check_full_update=False)
             self._scalars = _scalars(self._decoder, self._names)
             self._version = version
+
+
+class CompiledForward(_Package):
+    """`Decoder.forward` in evaluation on one image, through a `compile_forward` package."""
+
+    # Larger ARM inputs stay eager, which refines them in groups (the compiled pass would
+    # hold every coverage map's intermediates at once): 32 MB of fp32 coverage.
+    max_arm_elements = 8_000_000
+
+    def fits(self, memory: Tensor, memory_mask: Tensor, tokens: Tensor, image_index: Tensor | None) -> bool:
+        _, h, w, _ = memory.shape
+        b, t = tokens.shape
+        arm = self._decoder.arm
+        return (
+            memory.shape[0] == 1 and memory.device.type == "cpu" and memory.dtype == torch.float32
+            and 1 <= b <= MAX_ROWS and 2 <= t <= MAX_CACHE and 1 <= h <= MAX_GRID[0] and 1 <= w <= MAX_GRID[1]
+            and b * t * arm.conv.in_channels * h * w <= self.max_arm_elements
+            and (image_index is None and b == 1 or image_index is not None and not bool(image_index.any()))
+        )  # fmt: skip
+
+    def forward(self, memory: Tensor, memory_mask: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Main and auxiliary logits [b, t, V] and the last layer's refined attention [b, H, t, L]."""
+        self._refresh()
+        return self._package(memory, memory_mask, tokens, self._scalars)
+
+
+class CompiledStep(_Package):
+    """`Decoder.step` through a `compile_step` package."""
 
     def fits(self, state: DecoderState, n: int) -> bool:
         """Whether the package was compiled for this step's sizes and inputs."""

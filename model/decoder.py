@@ -184,9 +184,11 @@ class Decoder(nn.Module):
         self.arm = AttentionRefinementModule(config) if (config.cross_coverage or config.self_coverage) else None
         self.head = nn.Linear(d, config.vocab_size)  # main task: next token
         self.aux_head = nn.Linear(d, config.vocab_size)  # auxiliary task: its structure form
-        # `model.compiled_step.CompiledStep`, set by the recognizer when a compiled package is
-        # ready: `step` runs through it where it fits, else eagerly.
+        # `model.compiled_step.CompiledStep` and `CompiledForward`, set by the recognizer when
+        # compiled packages are ready: `step` and evaluation's `forward` run through them where
+        # they fit, else eagerly.
         self.compiled_step: Any = None
+        self.compiled_forward: Any = None
 
     def embed(self, tokens: Tensor, start: int = 0) -> Tensor:
         return self.norm(self.pos_enc(self.word_embed(tokens), start))  # [b, t, d]
@@ -221,6 +223,15 @@ class Decoder(nn.Module):
         Returns main and auxiliary logits [b, t, V] and, if asked, the last
         layer's refined cross-attention [b, H, t, L].
         """
+        fast = self.compiled_forward
+        usable = fast is not None and not self.training and not torch.is_grad_enabled()
+        if usable and fast.fits(memory, memory_mask, tokens, image_index):
+            try:
+                main, aux, attn = fast.forward(memory, memory_mask, tokens)
+                return main, aux, (attn if need_attention else None)
+            except Exception as e:  # noqa: BLE001 (as in `step`: run eagerly from now on)
+                log.warning("the compiled decoder pass failed, running eagerly: %s: %s", type(e).__name__, e)
+                self.compiled_forward = None
         images, height, width, d = memory.shape
         b, t = tokens.shape
         mem = memory.reshape(images, height * width, d)  # [B, L, d]
@@ -303,7 +314,7 @@ class Decoder(nn.Module):
         if fast is not None and fast.fits(state, n):
             try:
                 return fast.step(state, tokens, need_aux)
-            except Exception as e:  # never lose a recognition to the compiled path: run eagerly from now on
+            except Exception as e:  # noqa: BLE001 (never lose a recognition to it: run eagerly from now on)
                 log.warning("the compiled decoder step failed, running eagerly: %s: %s", type(e).__name__, e)
                 self.compiled_step = None
         x = self.embed(tokens[:, None], start=t)[:, 0]  # [n, d]

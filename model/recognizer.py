@@ -137,47 +137,64 @@ class Recognizer:
         return cls(model, vocab, resolve_device(device), meta, path)
 
     def use_compiled_step(self, cache_dir: str | Path | None = None, compile_if_missing: str = "no") -> str:
-        """Run the decoder's steps through an ahead-of-time compiled package (`model.compiled_step`,
-        about twice as fast per step on CPU), loaded from `cache_dir` (default: the user's cache).
+        """Run the decoder's steps and its teacher-forced passes (the rescoring, the attention
+        maps) through ahead-of-time compiled packages (`model.compiled_step`), loaded from
+        `cache_dir` (default: the user's cache).
 
-        compile_if_missing: "no" (use a package only if one is there), "now" (compile here if
-        needed, about half a minute) or "background" (load or compile on a low-priority thread
-        and switch to it when ready; recognition runs eagerly meanwhile). Returns what happened,
-        in words; any failure leaves the eager step in place and is logged, never raised.
+        compile_if_missing: "no" (use packages only if they are there), "now" (compile here if
+        needed, about a minute) or "background" (load or compile on a low-priority thread and
+        switch when ready; recognition runs eagerly meanwhile). Returns what happened, in
+        words; any failure leaves the eager code in place and is logged, never raised.
         """
-        from model.compiled_step import CompiledStep, CompileUnavailable, compile_step, package_key
+        from model.compiled_step import (
+            CompiledForward,
+            CompiledStep,
+            CompileUnavailable,
+            compile_forward,
+            compile_step,
+            package_key,
+        )
 
         if compile_if_missing not in ("no", "now", "background"):
             raise ValueError(f"compile_if_missing is 'no', 'now' or 'background', not {compile_if_missing!r}")
         if self.device.type != "cpu":
-            return "not compiled: the compiled step is for the CPU"
+            return "not compiled: the compiled decoder is for the CPU"
         decoder = self.model.decoder
-        path = Path(cache_dir or default_compiled_dir()) / f"step-{package_key(decoder)}.pt2"
-
-        def attach() -> str:
-            step = CompiledStep.load(path, decoder)
-            with self._lock:  # not in the middle of a recognition
-                decoder.compiled_step = step
-            return f"using the compiled decoder step {path}"
+        folder = Path(cache_dir or default_compiled_dir())
+        key = package_key(decoder)
+        kinds = {  # attribute of the decoder: (package file, how to compile it, how to load it)
+            "compiled_step": (folder / f"step-{key}.pt2", compile_step, CompiledStep),
+            "compiled_forward": (folder / f"forced-{key}.pt2", compile_forward, CompiledForward),
+        }
 
         def prepare(compile_missing: bool) -> str:
-            if path.exists():
-                try:
-                    return attach()
-                except CompileUnavailable as e:
-                    log.warning("%s; it is deleted", e)
-                    path.unlink(missing_ok=True)
-            if not compile_missing:
-                return f"not compiled: no package at {path}"
+            ready, problems = {}, []
             started = time.perf_counter()
-            try:
-                compile_step(decoder, path)
-                message = attach()
-            except CompileUnavailable as e:
-                log.warning("the decoder step runs eagerly: %s", e)
-                return f"not compiled: {e}"
-            log.info("compiled the decoder step in %.0f s: %s", time.perf_counter() - started, path)
-            return message
+            for attribute, (path, compile_package, package_type) in kinds.items():
+                if path.exists():
+                    try:
+                        ready[attribute] = package_type.load(path, decoder)
+                        continue
+                    except CompileUnavailable as e:
+                        log.warning("%s; it is deleted", e)
+                        path.unlink(missing_ok=True)
+                if not compile_missing:
+                    problems.append(f"no package at {path}")
+                    continue
+                try:
+                    compile_package(decoder, path)
+                    ready[attribute] = package_type.load(path, decoder)
+                except CompileUnavailable as e:
+                    log.warning("runs eagerly: %s", e)
+                    problems.append(str(e))
+            with self._lock:  # not in the middle of a recognition
+                for attribute, package in ready.items():
+                    setattr(decoder, attribute, package)
+            if not ready:
+                return "not compiled: " + "; ".join(problems)
+            names = " and ".join({"compiled_step": "step", "compiled_forward": "teacher-forced pass"}[a] for a in ready)
+            log.info("compiled decoder ready in %.0f s", time.perf_counter() - started)
+            return f"using the compiled decoder {names} from {folder}" + (f" ({'; '.join(problems)})" if problems else "")
 
         if compile_if_missing != "background":
             return prepare(compile_if_missing == "now")
@@ -186,8 +203,8 @@ class Recognizer:
             _lower_this_thread_priority()
             log.info(prepare(True))
 
-        threading.Thread(target=in_background, name="hmer-compiled-step", daemon=True).start()
-        return f"preparing the compiled decoder step in the background ({path})"
+        threading.Thread(target=in_background, name="hmer-compiled-decoder", daemon=True).start()
+        return f"preparing the compiled decoder in the background ({folder})"
 
     @property
     def exact_search(self) -> bool:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 def compiled_dir(tmp_path_factory, tiny_checkpoint):
     out = tmp_path_factory.mktemp("compiled")
     message = Recognizer.load(tiny_checkpoint, device="cpu").use_compiled_step(out, compile_if_missing="now")
-    assert message.startswith("using the compiled decoder step"), message
+    assert message.startswith("using the compiled decoder step and teacher-forced pass"), message
     return out
 
 
@@ -46,15 +46,16 @@ def _same(a, b) -> None:
 
 def test_the_compiled_step_reads_as_the_eager_one(tiny_checkpoint, compiled_dir):
     eager, fast = _pair(tiny_checkpoint, compiled_dir)
-    calls = []
-    step = fast.model.decoder.compiled_step
-    original = step.step
-    step.step = lambda *a, **k: calls.append(1) or original(*a, **k)
+    calls = {"step": 0, "forward": 0}
+    for name, package in (("step", fast.model.decoder.compiled_step), ("forward", fast.model.decoder.compiled_forward)):
+        original = getattr(package, name)
+        setattr(package, name, lambda *a, _f=original, _n=name, **k: calls.__setitem__(_n, calls[_n] + 1) or _f(*a, **k))
     for latex in SYNTHETIC_EXPRESSIONS[:4]:
         strokes = ink_for(latex)
         for beam in (1, 5):  # the greedy preview (one row) and the beam search
             _same(eager.recognize(strokes, beam), fast.recognize(strokes, beam))
-    assert len(calls) > 20  # it was the compiled step that ran
+    # the compiled code ran: the steps, the rescoring and the beam reading's attention maps
+    assert calls["step"] > 20 and calls["forward"] >= 8
 
 
 def test_the_compiled_step_follows_weights_changed_in_place(tiny_checkpoint, compiled_dir):
@@ -97,9 +98,10 @@ def test_a_failing_compiled_step_falls_back_to_eager_for_good(tiny_checkpoint, c
         raise RuntimeError("simulated failure inside the compiled code")
 
     fast.model.decoder.compiled_step._package = broken
+    fast.model.decoder.compiled_forward._package = broken
     strokes = ink_for(SYNTHETIC_EXPRESSIONS[2])
     _same(eager.recognize(strokes, 5), fast.recognize(strokes, 5))
-    assert fast.model.decoder.compiled_step is None
+    assert fast.model.decoder.compiled_step is None and fast.model.decoder.compiled_forward is None
 
 
 def test_steps_the_package_was_not_compiled_for_run_eagerly(tiny_checkpoint, compiled_dir):
@@ -110,6 +112,11 @@ def test_steps_the_package_was_not_compiled_for_run_eagerly(tiny_checkpoint, com
     mask = torch.zeros(2, 3, 5, dtype=torch.bool)
     image_index = torch.tensor([0, 0, 1, 1])
     assert not step.fits(decoder.start(memory, mask, image_index), 4)  # two images: evaluation batches
+    forced = decoder.compiled_forward
+    tokens = torch.ones(4, 6, dtype=torch.long)
+    assert not forced.fits(memory, mask, tokens, image_index)
+    assert forced.fits(memory[:1], mask[:1], tokens, image_index * 0)
+    assert not forced.fits(memory[:1], mask[:1], tokens[:, :1], image_index * 0)  # shorter than compiled for
     mask[1, :, 4:] = True
     assert not step.fits(decoder.start(memory[:1], mask[1:], image_index[:2] * 0), 2)  # padding
     assert step.fits(decoder.start(memory[:1], mask[:1], image_index[:2] * 0), 2)
@@ -128,7 +135,8 @@ def test_the_app_compiles_in_the_background_while_it_keeps_recognizing(tiny_chec
         # as a person drawing on the app's first start: the export and compile beside it change nothing
         _same(expected[readings % 3], rec.recognize(inks[readings % 3], 3))
         readings += 1
-    assert rec.model.decoder.compiled_step is not None and readings > 0
-    assert list(tmp_path.glob("step-*.pt2"))  # kept for the next start
+    assert rec.model.decoder.compiled_step is not None and rec.model.decoder.compiled_forward is not None
+    assert readings > 0
+    assert list(tmp_path.glob("step-*.pt2")) and list(tmp_path.glob("forced-*.pt2"))  # kept for the next start
     for strokes, want in zip(inks, expected):
         _same(want, rec.recognize(strokes, 3))
