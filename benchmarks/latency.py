@@ -123,15 +123,17 @@ def baseline_recognize(rec: Recognizer, strokes, beam: int, max_len: int, refere
 
 def count_flops(rec: Recognizer, strokes, beam: int) -> int:
     """Floating-point operations of one recognition of new ink, as the app runs it. Counted
-    with the eager decoder step: the counter cannot see inside the compiled one, which does
-    the same arithmetic."""
+    with the eager decoder: the counter cannot see inside the compiled packages, which do the
+    same arithmetic."""
     rec.forget_encoding()
-    compiled, rec.model.decoder.compiled_step = rec.model.decoder.compiled_step, None
+    decoder = rec.model.decoder
+    compiled = decoder.compiled_step, decoder.compiled_forward
+    decoder.compiled_step = decoder.compiled_forward = None
     try:
         with FlopCounterMode(display=False) as counter:
             rec.recognize(strokes, beam)
     finally:
-        rec.model.decoder.compiled_step = compiled
+        decoder.compiled_step, decoder.compiled_forward = compiled
     return counter.get_total_flops()
 
 
