@@ -21,6 +21,7 @@ rounding.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -29,6 +30,7 @@ import platform
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 MAX_ROWS = 64
 MAX_CACHE = 256  # self-attention cache slots (the app's length bound is at most 200)
 MAX_GRID = (16, 64)
+PARTIAL_PREFIX = "partial-"  # a package being written; renamed into place when whole
 
 
 def enabled() -> bool:
@@ -237,7 +240,7 @@ def _compile(decoder: Decoder, graph: type[nn.Module], example: Any, dynamic: An
     decoder.arm.eval_group_elements = 2**62
     try:  # a cache folder that cannot be written (full disk, read-only) also means "run eagerly"
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=".pt2", dir=path.parent)
         os.close(fd)
     except OSError as e:
         raise CompileUnavailable(f"cannot write the compiled decoder into {path.parent}: {e}") from e
@@ -256,6 +259,20 @@ def _compile(decoder: Decoder, graph: type[nn.Module], example: Any, dynamic: An
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def remove_stale_partials(folder: Path, max_age_s: float = 3600.0) -> list[Path]:
+    """Delete what compiles cut short left behind (the app quit while compiling in the
+    background, whose thread then never reaches its cleanup). A partial file younger than
+    `max_age_s` may be another app's compile under way and is kept."""
+    removed = []
+    now = time.time()
+    for partial in folder.glob(f"{PARTIAL_PREFIX}*.pt2"):
+        with contextlib.suppress(OSError):
+            if now - partial.stat().st_mtime > max_age_s:
+                partial.unlink()
+                removed.append(partial)
+    return removed
 
 
 def _weights_version(decoder: Decoder) -> tuple[int, int]:

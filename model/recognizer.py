@@ -153,6 +153,7 @@ class Recognizer:
             compile_forward,
             compile_step,
             package_key,
+            remove_stale_partials,
         )
 
         if compile_if_missing not in ("no", "now", "background"):
@@ -168,6 +169,7 @@ class Recognizer:
         }
 
         def prepare(compile_missing: bool) -> str:
+            remove_stale_partials(folder)
             ready, problems = {}, []
             started = time.perf_counter()
             for attribute, (path, compile_package, package_type) in kinds.items():

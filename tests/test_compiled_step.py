@@ -82,6 +82,18 @@ def test_a_broken_package_is_replaced_and_recognition_runs_meanwhile(tiny_checkp
     assert rec.recognize(ink_for(SYNTHETIC_EXPRESSIONS[0]), 3).tokens == SYNTHETIC_EXPRESSIONS[0].split()
 
 
+def test_what_an_interrupted_compile_left_is_removed_but_not_a_compile_under_way(tiny_checkpoint, tmp_path):
+    import os
+    import time
+
+    old, fresh = tmp_path / "partial-abc.pt2", tmp_path / "partial-def.pt2"
+    for partial in (old, fresh):
+        partial.write_bytes(b"half a package")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    Recognizer.load(tiny_checkpoint, device="cpu").use_compiled_step(tmp_path)
+    assert not old.exists() and fresh.exists()
+
+
 def test_a_cache_folder_that_cannot_be_written_leaves_the_eager_step(tiny_checkpoint, tmp_path):
     rec = Recognizer.load(tiny_checkpoint, device="cpu")
     blocker = tmp_path / "a file where the folder should be"
