@@ -174,10 +174,24 @@ class _ForcedGraph(nn.Module):
         return torch.func.functional_call(self.body, overrides, (memory, mem_mask, tokens))
 
 
+def _traced_source() -> str:
+    """The code the packages are traced from: a package compiled by another version of it
+    (an older hmer) must not be loaded, even for the same shapes and torch."""
+    import inspect
+
+    from model import arm, decoder
+
+    try:
+        return "".join(inspect.getsource(module) for module in (arm, decoder, sys.modules[__name__]))
+    except (OSError, TypeError) as e:  # no source files (a packaged app): nothing safe to key on
+        raise CompileUnavailable(f"the decoder's source cannot be read to key its packages: {e}") from e
+
+
 def package_key(decoder: Decoder) -> str:
-    """What a package depends on: the network's shape, this torch, this machine."""
+    """What a package depends on: the network's shape, the code traced, this torch, this machine."""
     arm = decoder.arm
-    parts = [f"heads {decoder.nhead}", f"arm {arm.cross_coverage if arm else None} {arm.self_coverage if arm else None}",
+    parts = [_traced_source(),
+             f"heads {decoder.nhead}", f"arm {arm.cross_coverage if arm else None} {arm.self_coverage if arm else None}",
              repr([(k, tuple(v.shape)) for k, v in decoder.state_dict().items()]),
              torch.__version__, platform.machine(), platform.system(), str(torch.backends.cpu.get_cpu_capability())]  # fmt: skip
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -162,7 +162,10 @@ class Recognizer:
             return "not compiled: the compiled decoder is for the CPU"
         decoder = self.model.decoder
         folder = Path(cache_dir or default_compiled_dir())
-        key = package_key(decoder)
+        try:
+            key = package_key(decoder)
+        except CompileUnavailable as e:
+            return f"not compiled: {e}"
         kinds = {  # attribute of the decoder: (package file, how to compile it, how to load it)
             "compiled_step": (folder / f"step-{key}.pt2", compile_step, CompiledStep),
             "compiled_forward": (folder / f"forced-{key}.pt2", compile_forward, CompiledForward),

@@ -152,3 +152,27 @@ def test_the_app_compiles_in_the_background_while_it_keeps_recognizing(tiny_chec
     assert list(tmp_path.glob("step-*.pt2")) and list(tmp_path.glob("forced-*.pt2"))  # kept for the next start
     for strokes, want in zip(inks, expected):
         _same(want, rec.recognize(strokes, 3))
+
+
+def test_a_package_made_by_other_code_is_not_reused(tiny_checkpoint, monkeypatch):
+    import model.compiled_step as compiled_step
+
+    decoder = Recognizer.load(tiny_checkpoint, device="cpu").model.decoder
+    key = package_key(decoder)
+    assert package_key(decoder) == key  # the same code and shapes: the package is found again
+    monkeypatch.setattr(compiled_step, "_traced_source", lambda: "the decoder of another hmer version")
+    assert package_key(decoder) != key
+
+
+def test_without_the_decoder_source_nothing_is_compiled_or_loaded(tiny_checkpoint, tmp_path, monkeypatch):
+    import inspect
+
+    rec = Recognizer.load(tiny_checkpoint, device="cpu")
+
+    def no_source(module):
+        raise OSError("could not get source code")  # as in a packaged app
+
+    monkeypatch.setattr(inspect, "getsource", no_source)
+    message = rec.use_compiled_step(tmp_path, compile_if_missing="now")
+    assert message.startswith("not compiled: the decoder's source cannot be read")
+    assert rec.model.decoder.compiled_step is None and not list(tmp_path.iterdir())
