@@ -10,7 +10,7 @@ whole prefix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,11 +23,43 @@ from model.syntax import SyntaxRules
 from model.vocab import Vocabulary
 
 
+# What a left-to-right teacher-forced pass over a reading computes: main and auxiliary
+# logits [t+1, V] and the last layer's refined attention [H, t+1, L] (t symbols and <eos>).
+Outputs = tuple[Tensor, Tensor, Tensor]
+
+
 @dataclass(frozen=True)
 class Hypothesis:
     ids: tuple[int, ...]  # symbol ids, left-to-right, without <sos>/<eos>
     score: float  # forward + reverse length-normalized log-probability
     direction: str  # "l2r" or "r2l": the search that found it
+    # The best reading's left-to-right outputs when the search or the rescoring already
+    # computed them (`beam_search_memory(explain=True)`); None otherwise.
+    outputs: Outputs | None = field(default=None, compare=False, repr=False)
+
+
+class _Trace:
+    """What each search step computed, and which row each next row came from, so that a
+    finished hypothesis's own outputs can be read back instead of decoded again."""
+
+    def __init__(self) -> None:
+        self.steps: list[Outputs] = []  # per step: logits [n, V], aux [n, V], attention [n, H, L]
+        self.parents: list[list[int]] = []  # per step: the row of this step each next row extends
+        self.ends: dict[tuple[int, tuple[int, ...]], tuple[int, int]] = {}  # (group, ids) -> (step, row)
+
+    def outputs(self, group: int, ids: tuple[int, ...]) -> Outputs | None:
+        """The outputs along the path of hypothesis `ids` (start token first) of `group`,
+        if it ended with a stop token (an open beam cut at max_len has no end step)."""
+        end = self.ends.get((group, ids))
+        if end is None:
+            return None
+        step, row = end
+        rows = [row]
+        for s in range(step - 1, -1, -1):
+            rows.append(self.parents[s][rows[-1]])
+        rows.reverse()  # the row of each step 0..step
+        main, aux, attn = (torch.stack([self.steps[s][k][r] for s, r in enumerate(rows)]) for k in range(3))
+        return main, aux, attn.transpose(0, 1)  # [t+1, V], [t+1, V], [H, t+1, L]
 
 
 class _BeamGroup:
@@ -75,6 +107,7 @@ def _search(
     well_formed: bool = True,
     prune: float | None = None,
     should_stop: ShouldStop | None = None,
+    trace: _Trace | None = None,
 ) -> list[_BeamGroup]:
     """Beam search of both directions for all images: groups 0..B-1 are l2r,
     groups B..2B-1 r2l. The batch holds at most beam_size rows per unfinished group
@@ -85,7 +118,8 @@ def _search(
     records what each group saw. well_formed: only readings that obey `SyntaxRules`.
     prune (nats): an open beam whose log-probability falls further than this below
     the best candidate of its search at the same step is dropped (None: never; the
-    reference's search). should_stop is asked before each step (`model.cancel`)."""
+    reference's search). should_stop is asked before each step (`model.cancel`).
+    trace, when given, records each step's outputs and each row's parent (`_Trace`)."""
     decoder = decoder if decoder is not None else model.decoder
     b = memory.shape[0]
     groups = [group_type(beam_size, alpha, early_stopping) for _ in range(2 * b)]
@@ -106,7 +140,9 @@ def _search(
     cur_len = 1
     while cur_len < max_len and active:
         stop_if_asked(should_stop)
-        logits, _, _ = decoder.step(state, last, need_aux=False)
+        logits, aux, attn = decoder.step(state, last, need_aux=trace is not None)
+        if trace is not None:
+            trace.steps.append((logits, aux, attn))
         logp = F.log_softmax(logits.float(), dim=-1)  # [n, V]
         if rules is not None:
             logp = rules.mask(syntax, last, logp)
@@ -138,6 +174,8 @@ def _search(
                 if tok in stop_ids:
                     if rank < beam_size:
                         group.add(list(prefixes[row]), score)
+                        if trace is not None:
+                            trace.ends[(g, tuple(prefixes[row]))] = (cur_len - 1, row)
                 else:
                     kept.append((score, tok, row))
                 if len(kept) == beam_size:
@@ -154,6 +192,8 @@ def _search(
         active, rows = still_active, still_rows
         if not active:
             break
+        if trace is not None:
+            trace.parents.append(new_index)
         index = torch.tensor(new_index, device=device)
         state.reorder(index)
         prefixes = [prefixes[i] + [t] for i, t in zip(new_index, new_tokens)]
@@ -175,14 +215,16 @@ def _search(
 @torch.no_grad()
 def _normalized_logprob(
     model: HMER, memory: Tensor, mem_mask: Tensor, image: Tensor, tgt: Tensor, out: Tensor, vocab: Vocabulary,
-    alpha: float,
-) -> Tensor:  # fmt: skip
+    alpha: float, need_attention: bool = False,
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor | None]]:  # fmt: skip
     """Length-normalized log-probability of teacher-forced rows tgt -> out [n, t], row i
-    reading image `image[i]` of memory. Returns [n]."""
-    logits, _, _ = model.decoder(memory, mem_mask, tgt, image_index=image)
+    reading image `image[i]` of memory: [n], and the pass's outputs ([n, t, V] twice, and
+    [n, H, t, L] if `need_attention`)."""
+    extra = {"need_attention": True} if need_attention else {}
+    logits, aux, attn = model.decoder(memory, mem_mask, tgt, image_index=image, **extra)
     nll = F.cross_entropy(logits.float().transpose(1, 2), out, ignore_index=vocab.pad_id, reduction="none")
     length = (tgt != vocab.pad_id).sum(dim=1).float()
-    return -nll.sum(dim=1) / length**alpha
+    return -nll.sum(dim=1) / length**alpha, (logits, aux, attn)
 
 
 @torch.no_grad()
@@ -215,6 +257,7 @@ class _Found:
     ids: tuple[int, ...]  # left-to-right
     score: float  # length-normalized log-probability in its own direction
     total: float | None = None  # plus the opposite direction's, once known
+    outputs: Outputs | None = None  # an r2l find's left-to-right rescoring pass (see `Hypothesis`)
 
 
 @torch.no_grad()
@@ -232,6 +275,7 @@ def beam_search_memory(
     well_formed: bool = True,
     prune: float | None = None,
     should_stop: ShouldStop | None = None,
+    explain: bool = False,
 ) -> list[list[Hypothesis]]:
     """Search both directions, then add to each hypothesis the opposite direction's
     score and rank by the sum.
@@ -253,10 +297,16 @@ def beam_search_memory(
 
     should_stop is asked before each search step and before the rescoring; when it
     answers True, `RecognitionCancelled` is raised (`model.cancel`).
+
+    explain: give each image's best hypothesis the `outputs` of a left-to-right pass over
+    it where the work already done has them: the left-to-right search's steps that found
+    it, or the left-to-right rescoring of a reading only the other direction found. They
+    equal a fresh teacher-forced pass up to float rounding, without running one.
     """
     b = memory.shape[0]
+    trace = _Trace() if explain else None
     groups = _search(model, memory, mem_mask, vocab, beam_size, max_len, alpha, early_stopping, decoder,
-                     well_formed=well_formed, prune=prune, should_stop=should_stop)  # fmt: skip
+                     well_formed=well_formed, prune=prune, should_stop=should_stop, trace=trace)  # fmt: skip
     stop_if_asked(should_stop)
     found: list[_Found] = []
     for g, group in enumerate(groups):
@@ -265,9 +315,9 @@ def beam_search_memory(
             body = ids[1:]
             found.append(_Found(image, direction, tuple(body if direction == "l2r" else body[::-1]), score))
     if nbest is None:
-        _rescore(model, memory, mem_mask, vocab, alpha, found)
+        _rescore(model, memory, mem_mask, vocab, alpha, found, keep_outputs=explain)
     else:
-        _rescore_top(model, memory, mem_mask, vocab, alpha, found, nbest)
+        _rescore_top(model, memory, mem_mask, vocab, alpha, found, nbest, keep_outputs=explain)
     results: list[list[Hypothesis]] = []
     for image in range(b):
         best: dict[tuple[int, ...], Hypothesis] = {}
@@ -277,16 +327,28 @@ def beam_search_memory(
             if f.ids not in best or f.total > best[f.ids].score:
                 best[f.ids] = Hypothesis(f.ids, f.total, f.direction)
         ranked = sorted(best.values(), key=lambda h: -h.score)
+        if trace is not None and ranked:
+            ranked[0] = _with_outputs(ranked[0], image, trace, vocab, found)
         results.append(ranked if nbest is None else ranked[:nbest])
     return results
 
 
+def _with_outputs(hyp: Hypothesis, image: int, trace: _Trace, vocab: Vocabulary, found: list[_Found]) -> Hypothesis:
+    """`hyp` with its left-to-right outputs, where the search or the rescoring computed them."""
+    outputs = trace.outputs(image, (vocab.sos_id, *hyp.ids))  # the l2r search found it
+    if outputs is None:  # else an r2l find rescored left to right
+        outputs = next((f.outputs for f in found if f.image == image and f.ids == hyp.ids and f.outputs), None)
+    return Hypothesis(hyp.ids, hyp.score, hyp.direction, outputs)
+
+
 def _rescore(
-    model: HMER, memory: Tensor, mem_mask: Tensor, vocab: Vocabulary, alpha: float, items: list[_Found]
-) -> None:
+    model: HMER, memory: Tensor, mem_mask: Tensor, vocab: Vocabulary, alpha: float, items: list[_Found],
+    keep_outputs: bool = False,
+) -> None:  # fmt: skip
     """Set `total` of each item: its score plus the opposite direction's. Both directions'
     items go through one decoder pass (each is read in the direction that did not find it):
-    one pass instead of two halves the per-operator overhead."""
+    one pass instead of two halves the per-operator overhead. keep_outputs: also set the
+    `outputs` of each r2l item, which this pass reads left to right."""
     if not items:
         return
     parts = [direction_targets([f.ids], vocab, reverse=(f.direction == "l2r")) for f in items]
@@ -294,13 +356,19 @@ def _rescore(
     tgt = torch.cat([F.pad(t, (0, width - t.shape[1]), value=vocab.pad_id) for t, _ in parts]).to(memory.device)
     out = torch.cat([F.pad(o, (0, width - o.shape[1]), value=vocab.pad_id) for _, o in parts]).to(memory.device)
     image = torch.tensor([f.image for f in items], device=memory.device)
-    for f, r in zip(items, _normalized_logprob(model, memory, mem_mask, image, tgt, out, vocab, alpha).tolist()):
+    reverse, (logits, aux, attn) = _normalized_logprob(model, memory, mem_mask, image, tgt, out, vocab, alpha,
+                                                       need_attention=keep_outputs)  # fmt: skip
+    for i, (f, r) in enumerate(zip(items, reverse.tolist())):
         f.total = f.score + r
+        if keep_outputs and f.direction == "r2l":  # read left to right here: it explains the reading
+            n = len(f.ids) + 1
+            f.outputs = (logits[i, :n], aux[i, :n], attn[i, :, :n])
 
 
 def _rescore_top(
-    model: HMER, memory: Tensor, mem_mask: Tensor, vocab: Vocabulary, alpha: float, found: list[_Found], nbest: int
-) -> None:
+    model: HMER, memory: Tensor, mem_mask: Tensor, vocab: Vocabulary, alpha: float, found: list[_Found], nbest: int,
+    keep_outputs: bool = False,
+) -> None:  # fmt: skip
     """Set `total` for every hypothesis that can be among the `nbest` best of its image."""
     by_key: dict[tuple[int, tuple[int, ...]], dict[str, _Found]] = {}
     for f in found:
@@ -321,4 +389,5 @@ def _rescore_top(
         if f.total is not None:
             known.setdefault(f.image, []).append(f.total)
     floor = {i: sorted(t, reverse=True)[nbest - 1] for i, t in known.items() if len(t) >= nbest}
-    _rescore(model, memory, mem_mask, vocab, alpha, [f for f in pending if f.score > floor.get(f.image, float("-inf"))])
+    pending = [f for f in pending if f.score > floor.get(f.image, float("-inf"))]
+    _rescore(model, memory, mem_mask, vocab, alpha, pending, keep_outputs)

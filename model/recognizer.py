@@ -285,12 +285,14 @@ class Recognizer:
             timings["encode"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
             steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+            explained = None  # the best reading's left-to-right outputs, if the search has them
             if beam_size > 1:
                 hyps = beam_search_memory(self.model, memory, mem_mask, self.vocab, beam_size, max_len,
                                           early_stopping=self.early_stopping, nbest=self.nbest,
                                           well_formed=self.well_formed, prune=self.prune,
-                                          should_stop=should_stop)[0]  # fmt: skip
+                                          should_stop=should_stop, explain=True)[0]  # fmt: skip
                 nbest = [(list(h.ids), h.score) for h in hyps]
+                explained = hyps[0].outputs if hyps else None
             else:
                 ids, logp = greedy_search_memory(self.model, memory, mem_mask, self.vocab, max_len,
                                                  on_step=lambda *outputs: steps.append(outputs),
@@ -305,6 +307,8 @@ class Recognizer:
                 main = torch.stack([m for m, _, _ in steps], dim=1)  # [1, T, V]
                 aux = torch.stack([a for _, a, _ in steps], dim=1)  # [1, T, V]
                 attn = torch.stack([w for _, _, w in steps], dim=2)  # [1, H, T, L]
+            elif explained is not None:  # beam: the steps or the rescoring that produced it
+                main, aux, attn = (x[None] for x in explained)
             else:
                 tgt, _ = direction_targets([best_ids], self.vocab, reverse=False)
                 main, aux, attn = self.model.decoder(memory, mem_mask, tgt.to(self.device), need_attention=True)

@@ -101,15 +101,17 @@ def test_the_image_is_encoded_once_per_ink_and_weights(tiny_checkpoint, monkeypa
     assert len(calls) == 3
 
 
+@pytest.mark.parametrize("beam", [1, 4])
 @pytest.mark.parametrize("latex", SYNTHETIC_EXPRESSIONS[:3])
-def test_the_greedy_reading_is_explained_as_a_teacher_forced_pass_would(recognizer, latex):
-    # The preview takes its attention maps, token probabilities and structure from the
-    # search's own steps; they must be those of the model reading its answer again.
+def test_the_reading_is_explained_as_a_teacher_forced_pass_would(recognizer, latex, beam):
+    # Greedy and beam readings take their attention maps, token probabilities and structure
+    # from the search's own steps (or the rescoring's pass); they must be those of the model
+    # reading its answer again.
     import torch
 
     from model.hmer import direction_targets
 
-    pred = recognizer.recognize(ink_for(latex), beam_size=1)
+    pred = recognizer.recognize(ink_for(latex), beam_size=beam)
     ids = recognizer.vocab.encode(pred.tokens)
     with torch.inference_mode():
         imgs = torch.from_numpy(pred.image)[None, None]
