@@ -22,7 +22,6 @@ from model.hmer import HMER, direction_targets
 from model.syntax import SyntaxRules
 from model.vocab import Vocabulary
 
-
 # What a left-to-right teacher-forced pass over a reading computes: main and auxiliary
 # logits [t+1, V] and the last layer's refined attention [H, t+1, L] (t symbols and <eos>).
 Outputs = tuple[Tensor, Tensor, Tensor]
