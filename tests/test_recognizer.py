@@ -79,15 +79,17 @@ def test_the_image_is_encoded_once_per_ink_and_weights(tiny_checkpoint, monkeypa
     # weights (a fine-tune in place) are encoded afresh.
     import torch
 
+    from model.encoder import FoldedEncoder
+
     recognizer = Recognizer.load(tiny_checkpoint, device="cpu")
     calls = []
-    encode = recognizer.model.encode
+    encode = FoldedEncoder.forward
 
     def counting_encode(*args):
         calls.append(1)
         return encode(*args)
 
-    monkeypatch.setattr(recognizer.model, "encode", counting_encode)
+    monkeypatch.setattr(FoldedEncoder, "forward", counting_encode)
     first, second = SYNTHETIC_EXPRESSIONS[1], SYNTHETIC_EXPRESSIONS[2]
     assert recognizer.recognize(ink_for(first), beam_size=1).latex == first
     assert len(calls) == 1
@@ -143,7 +145,9 @@ def test_recognition_leaves_the_thread_setting_as_it_found_it(recognizer, monkey
             assert torch.get_num_threads() == 1  # the encoder does run on one thread
             raise RuntimeError("out of memory")
 
-        monkeypatch.setattr(recognizer.model, "encode", out_of_memory)
+        from model.encoder import FoldedEncoder
+
+        monkeypatch.setattr(FoldedEncoder, "forward", out_of_memory)
         with pytest.raises(RuntimeError, match="out of memory"):  # new ink: no cached encoding
             recognizer.recognize(ink_for(SYNTHETIC_EXPRESSIONS[1]), beam_size=3)
         assert torch.get_num_threads() == 2
@@ -309,3 +313,32 @@ def test_without_a_bundled_model_the_error_says_what_to_do(tmp_path, monkeypatch
     monkeypatch.setattr(recognizer_module, "asset_path", lambda name: tmp_path / name)
     with pytest.raises(CheckpointError, match="--checkpoint.*hmer-train"):
         Recognizer.load()
+
+
+def test_the_folded_encoder_encodes_as_the_model_does():
+    # Recognition encodes with every BatchNorm folded into its convolution; with trained
+    # (non-trivial) normalization statistics and a padded batch it must give the same encoding.
+    import torch
+
+    from model.config import HMERConfig
+    from model.encoder import FoldedEncoder
+    from model.hmer import HMER
+
+    torch.manual_seed(0)
+    model = HMER(HMERConfig.tiny())
+    with torch.no_grad():
+        for m in model.encoder.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    model.eval()
+    imgs = torch.rand(2, 1, 45, 103)
+    masks = torch.zeros(2, 45, 103, dtype=torch.bool)
+    masks[1, :, 70:] = True
+    with torch.no_grad():
+        want, want_mask = model.encode(imgs, masks)
+        got, got_mask = FoldedEncoder(model.encoder)(imgs, masks)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert torch.equal(got_mask, want_mask)
