@@ -71,3 +71,21 @@ def test_arm_equals_the_literal_composition(training: bool, padded: bool, channe
             torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
         torch.testing.assert_close(arm.post_norm.bn.running_mean, reference.post_norm.bn.running_mean)
         torch.testing.assert_close(arm.post_norm.bn.running_var, reference.post_norm.bn.running_var)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (9, 40)])
+def test_the_spatial_gate_as_shifted_sums_equals_the_convolution(size):
+    # The compiled decoder computes CBAM's spatial convolution as shifted multiply-adds,
+    # also on grids smaller than its kernel.
+    from model.arm import SpatialAttention
+
+    torch.manual_seed(0)
+    gate = SpatialAttention().eval()
+    with torch.no_grad():
+        gate.bn.running_mean.fill_(0.3)
+        gate.bn.running_var.fill_(1.7)
+        x = torch.rand(4, 24, *size)
+        want = gate.gate(x)
+        gate.as_shifted_sums = True
+        got = gate.gate(x)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
