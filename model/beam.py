@@ -23,7 +23,9 @@ from model.syntax import SyntaxRules
 from model.vocab import Vocabulary
 
 # What a left-to-right teacher-forced pass over a reading computes: main and auxiliary
-# logits [t+1, V] and the last layer's refined attention [H, t+1, L] (t symbols and <eos>).
+# logits [t+1, V] and the last layer's refined attention averaged over the heads [t+1, L]
+# (t symbols and <eos>), as the app shows it. Averaged as it is recorded, a long search's
+# trace holds an eighth of the per-head maps.
 Outputs = tuple[Tensor, Tensor, Tensor]
 
 
@@ -42,7 +44,7 @@ class _Trace:
     finished hypothesis's own outputs can be read back instead of decoded again."""
 
     def __init__(self) -> None:
-        self.steps: list[Outputs] = []  # per step: logits [n, V], aux [n, V], attention [n, H, L]
+        self.steps: list[Outputs] = []  # per step: logits [n, V], aux [n, V], attention [n, L]
         self.parents: list[list[int]] = []  # per step: the row of this step each next row extends
         self.ends: dict[tuple[int, tuple[int, ...]], tuple[int, int]] = {}  # (group, ids) -> (step, row)
 
@@ -58,7 +60,7 @@ class _Trace:
             rows.append(self.parents[s][rows[-1]])
         rows.reverse()  # the row of each step 0..step
         main, aux, attn = (torch.stack([self.steps[s][k][r] for s, r in enumerate(rows)]) for k in range(3))
-        return main, aux, attn.transpose(0, 1)  # [t+1, V], [t+1, V], [H, t+1, L]
+        return main, aux, attn  # [t+1, V], [t+1, V], [t+1, L]
 
 
 class _BeamGroup:
@@ -141,7 +143,7 @@ def _search(
         stop_if_asked(should_stop)
         logits, aux, attn = decoder.step(state, last, need_aux=trace is not None)
         if trace is not None:
-            trace.steps.append((logits, aux, attn))
+            trace.steps.append((logits, aux, attn.mean(dim=1)))  # attention [n, H, L] -> [n, L]
         logp = F.log_softmax(logits.float(), dim=-1)  # [n, V]
         if rules is not None:
             logp = rules.mask(syntax, last, logp)
@@ -361,7 +363,7 @@ def _rescore(
         f.total = f.score + r
         if keep_outputs and f.direction == "r2l":  # read left to right here: it explains the reading
             n = len(f.ids) + 1
-            f.outputs = (logits[i, :n], aux[i, :n], attn[i, :, :n])
+            f.outputs = (logits[i, :n], aux[i, :n], attn[i, :, :n].mean(dim=0))
 
 
 def _rescore_top(

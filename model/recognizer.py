@@ -309,7 +309,7 @@ class Recognizer:
                 aux = torch.stack([a for _, a, _ in steps], dim=1)  # [1, T, V]
                 attn = torch.stack([w for _, _, w in steps], dim=2)  # [1, H, T, L]
             elif explained is not None:  # beam: the steps or the rescoring that produced it
-                main, aux, attn = (x[None] for x in explained)
+                main, aux, attn = explained[0][None], explained[1][None], explained[2][None, None]  # one "head": the mean
             else:
                 tgt, _ = direction_targets([best_ids], self.vocab, reverse=False)
                 main, aux, attn = self.model.decoder(memory, mem_mask, tgt.to(self.device), need_attention=True)

@@ -38,7 +38,7 @@ def _ending_encoding(seed):
 def _teacher_forced(model, memory, mem_mask, image, ids, vocab):
     tgt, _ = direction_targets([list(ids)], vocab, reverse=False)
     main, aux, attn = model.decoder(memory[image : image + 1], mem_mask[image : image + 1], tgt, need_attention=True)
-    return main[0], aux[0], attn[0]
+    return main[0], aux[0], attn[0].mean(dim=0)  # attention averaged over the heads
 
 
 def _assert_same_outputs(got, want):
