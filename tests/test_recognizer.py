@@ -315,6 +315,33 @@ def test_without_a_bundled_model_the_error_says_what_to_do(tmp_path, monkeypatch
         Recognizer.load()
 
 
+def test_the_same_ink_is_drawn_once(tiny_checkpoint, monkeypatch):
+    # The app reads each ink twice (the preview, then the beam search): the second reading
+    # reuses the image; other ink, the same ink with a point moved, or a forgotten
+    # encoding draw it again, and malformed ink still gets the rasterizer's error.
+    from model import recognizer as module
+    from model.rasterize import InkError
+
+    rec = Recognizer.load(tiny_checkpoint, device="cpu")
+    calls = []
+    draw = module.rasterize
+    monkeypatch.setattr(module, "rasterize", lambda *a, **k: calls.append(1) or draw(*a, **k))
+    ink = ink_for(SYNTHETIC_EXPRESSIONS[1])
+    first = rec.recognize(ink, beam_size=1)
+    again = rec.recognize([s.copy() for s in ink], beam_size=4)
+    assert len(calls) == 1 and again.latex == SYNTHETIC_EXPRESSIONS[1]
+    np.testing.assert_array_equal(again.image, first.image)
+    moved = [s.copy() for s in ink]
+    moved[0][0, 0] += 0.5
+    rec.recognize(moved, beam_size=1)
+    assert len(calls) == 2
+    rec.forget_encoding()
+    rec.recognize(moved, beam_size=1)
+    assert len(calls) == 3
+    with pytest.raises(InkError):
+        rec.recognize([[[1.0, 2.0]], [[1.0]]], beam_size=1)
+
+
 def test_the_folded_encoder_encodes_as_the_model_does():
     # Recognition encodes with every BatchNorm folded into its convolution; with trained
     # (non-trivial) normalization statistics and a padded batch it must give the same encoding.
