@@ -12,6 +12,12 @@ from model.config import HMERConfig
 from model.dropout import Dropout
 
 
+def grid_mask(mask: Tensor) -> Tensor:
+    """The padding mask [b, H, W] at the encoder's output grid [b, H/16, W/16]: the
+    reference keeps every second row and column at each stride-2 stage."""
+    return mask[:, 0::16, 0::16]
+
+
 class Bottleneck(nn.Module):
     """1x1 conv to 4*growth channels, 3x3 conv to growth channels, concatenated to the input."""
 
@@ -74,9 +80,7 @@ class DenseNet(nn.Module):
         out = self.trans1(self.dense1(out))
         out = self.trans2(self.dense2(out))
         out = self.post_norm(self.dense3(out))  # [b, C, H/16, W/16]
-        # The reference keeps every second row/column at each stride-2 stage.
-        mask = mask[:, 0::16, 0::16]  # [b, H/16, W/16]
-        return out, mask
+        return out, grid_mask(mask)
 
 
 class ImagePositionalEncoding(nn.Module):
@@ -174,5 +178,5 @@ class FoldedEncoder(nn.Module):
             if i < len(self.transitions):
                 out = F.avg_pool2d(self._conv_relu(out, self.transitions[i]), 2, ceil_mode=True)
         feature = F.conv2d(out, *self.projection).permute(0, 2, 3, 1)  # [b, h, w, d]
-        mask = mask[:, 0::16, 0::16]  # as DenseNet.forward
+        mask = grid_mask(mask)  # [b, h, w]
         return self.norm(self.pos_enc(feature, mask)), mask
