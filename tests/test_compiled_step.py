@@ -99,6 +99,26 @@ def test_the_compiled_step_reads_as_the_eager_one(tiny_checkpoint, compiled_dir)
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
 
 
+def test_a_large_teacher_forced_batch_runs_compiled_in_chunks_of_rows(tiny_checkpoint, compiled_dir):
+    eager, fast = _pair(tiny_checkpoint, compiled_dir)
+    forced = fast.model.decoder.compiled_forward
+    calls = []
+    package = forced._package
+    forced._package = lambda *a: calls.append(a[2].shape[0]) or package(*a)
+    with torch.inference_mode():
+        memory, mask = eager.model.encode(torch.rand(1, 1, 48, 120), torch.zeros(1, 48, 120, dtype=torch.bool))
+        tokens = torch.randint(4, len(eager.vocab), (7, 9))
+        tokens[2, 5:] = tokens[5, 3:] = 0  # shorter rows, padded
+        image = torch.zeros(7, dtype=torch.long)
+        per_row = 9 * fast.model.decoder.arm.conv.in_channels * memory.shape[1] * memory.shape[2]
+        forced.chunk_arm_elements = 3 * per_row  # chunks of 3, 3 and 1 rows
+        got = fast.model.decoder(memory, mask, tokens, need_attention=True, image_index=image)
+        want = eager.model.decoder(memory, mask, tokens, need_attention=True, image_index=image)
+    assert calls == [3, 3, 1]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
 def test_the_compiled_step_follows_weights_changed_in_place(tiny_checkpoint, compiled_dir):
     eager, fast = _pair(tiny_checkpoint, compiled_dir)
     strokes = ink_for(SYNTHETIC_EXPRESSIONS[1])
