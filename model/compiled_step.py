@@ -129,7 +129,11 @@ class _StepBody(nn.Module):
             k = torch.cat((self_kv[:, i, 0], qkv[:, 1, :, None]), dim=2)  # [n, H, cap+1, dh]
             v = torch.cat((self_kv[:, i, 1], qkv[:, 2, :, None]), dim=2)
             mask = torch.cat((visible, visible.new_ones(1, 1, 1, 1)), dim=-1)  # the cache's filled slots, and this token
-            out = F.scaled_dot_product_attention(qkv[:, 0, :, None], k, v, attn_mask=mask)  # [n, H, 1, dh]
+            # Written out rather than F.scaled_dot_product_attention, whose CPU kernel costs about
+            # 0.1 ms a call for one query row: the step 0.85-0.88x the time (session 30)
+            scores = (qkv[:, 0, :, None] @ k.transpose(-1, -2)) * dh**-0.5  # [n, H, 1, cap+1]
+            scores = scores.masked_fill(~mask, float("-inf"))
+            out = torch.softmax(scores, dim=-1) @ v  # [n, H, 1, dh]
             x = layer.norm1(x + sa.out_proj(out.reshape(n, -1)))
             mha = layer.multihead_attn
             d = x.shape[-1]
