@@ -126,11 +126,12 @@ class Recognizer:
         self.nbest = 5  # alternatives offered; only hypotheses that can be among them are rescored
         self.well_formed = True  # readings keep model.syntax.SyntaxRules (False: as the reference decodes)
         self.prune: float | None = DEFAULT_PRUNE  # None: the reference's exact search
-        # Intra-op threads for the encoder (0: as many as the whole recognition). With its
-        # BatchNorms folded into the convolutions (`FoldedEncoder`), both cores of a 2-core CPU
-        # encode faster than one: per image 0.86x at the median, 0.62x at p90 (first 200 of 2016,
-        # session 30). Before the folding, one thread was faster (p50 14 against 23 ms).
-        self.encoder_threads = 0
+        # One image's DenseNet is a chain of small convolutions; on CPU, splitting each over
+        # threads costs more than it gains (measured on 2 cores: encode p50 23 -> 14 ms with 1
+        # thread), while the beam search's batched steps still gain from all threads. Checked
+        # again with the folded encoder (session 30): alone, two threads encode faster (0.86x),
+        # but between beam searches, as the app runs it, one is (encode p50 6.9 against 11.4 ms).
+        self.encoder_threads = 1
         # At most this many threads for a whole recognition (0: torch's default). The app lowers
         # it while a fine-tune trains beside it, so that the two never ask for more threads than
         # the CPU has (see hmer_desktop.finetune_service.thread_split).
