@@ -365,6 +365,12 @@ class _Package:
         except Exception as e:
             raise CompileUnavailable(f"{path}: not a usable compiled package ({type(e).__name__}: {e})") from e
 
+    def _run(self, *inputs: Tensor) -> Any:
+        """Run the package on contiguous inputs: it reads each input with the strides it was
+        compiled for and does not check them, so a sliced tensor (a row chunk cut short)
+        would be read as garbage."""
+        return self._package(*(x.contiguous() for x in inputs))
+
     def _refresh(self) -> None:
         """Load the decoder's weights into the package when they changed (or never were)."""
         version = _weights_version(self._decoder)
@@ -412,12 +418,25 @@ class CompiledForward(_Package):
         return tokens.shape[1] * self._decoder.arm.conv.in_channels * memory.shape[1] * memory.shape[2]
 
     def forward(self, memory: Tensor, memory_mask: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Main and auxiliary logits [b, t, V] and the last layer's refined attention [b, H, t, L]."""
+        """Main and auxiliary logits [b, t, V] and the last layer's refined attention [b, H, t, L].
+
+        Rows are padded at their end (pad id 0). A chunk of rows is read only up to its own
+        longest row: the outputs at the padding past it are zeros. Nothing reads them (the
+        rescoring ignores padding; a reading's maps stop at its end), and a long
+        expression's hypotheses differ in length by up to a quarter."""
         self._refresh()
         rows = max(1, min(MAX_ROWS, self.chunk_arm_elements // self._row_arm_elements(memory, tokens)))
         if tokens.shape[0] <= rows:
-            return self._package(memory, memory_mask, tokens, self._scalars)
-        parts = [self._package(memory, memory_mask, chunk, self._scalars) for chunk in tokens.split(rows)]
+            return self._run(memory, memory_mask, tokens, self._scalars)
+        t = tokens.shape[1]
+        parts = []
+        for chunk in tokens.split(rows):
+            length = max(2, int((chunk != 0).sum(dim=1).max()))  # the package reads at least 2
+            main, aux, attn = self._run(memory, memory_mask, chunk[:, :length], self._scalars)
+            if length < t:
+                main, aux = F.pad(main, (0, 0, 0, t - length)), F.pad(aux, (0, 0, 0, t - length))
+                attn = F.pad(attn, (0, 0, 0, t - length))
+            parts.append((main, aux, attn))
         main, aux, attn = (torch.cat(outputs) for outputs in zip(*parts))
         return main, aux, attn
 
@@ -452,7 +471,7 @@ class CompiledStep(_Package):
         w = length // h
         rows = state.coverage_rows if state.coverage_rows is not None else torch.arange(n)
         coverage = state.coverage.view(state.coverage.shape[0], 2, layers, heads, h, w)
-        main, aux, new_kv, new_coverage, attn = self._package(
+        main, aux, new_kv, new_coverage, attn = self._run(
             tokens, torch.tensor([t]), state.self_kv, coverage, rows,
             state.cross_k.view(layers, heads, dh, h, w), state.cross_v.view(layers, heads, h, w, dh), self._scalars,
         )  # fmt: skip
