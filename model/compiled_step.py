@@ -431,7 +431,8 @@ class CompiledForward(_Package):
         t = tokens.shape[1]
         parts = []
         for chunk in tokens.split(rows):
-            length = max(2, int((chunk != 0).sum(dim=1).max()))  # the package reads at least 2
+            used = (chunk != 0).any(dim=0).nonzero()  # columns where some row has a token
+            length = max(2, int(used.max()) + 1 if used.numel() else 2)  # the package reads at least 2
             main, aux, attn = self._run(memory, memory_mask, chunk[:, :length], self._scalars)
             if length < t:
                 main, aux = F.pad(main, (0, 0, 0, t - length)), F.pad(aux, (0, 0, 0, t - length))
