@@ -296,8 +296,8 @@ def beam_search_memory(
     trails the best candidate of its direction by more than that: fewer rows to
     decode for a confident reading, at the risk of losing a late-blooming one.
 
-    should_stop is asked before each search step and before the rescoring; when it
-    answers True, `RecognitionCancelled` is raised (`model.cancel`).
+    should_stop is asked before each search step and before each group of the rescoring;
+    when it answers True, `RecognitionCancelled` is raised (`model.cancel`).
 
     explain: give each image's best hypothesis the `outputs` of a left-to-right pass over
     it where the work already done has them: the left-to-right search's steps that found
@@ -316,9 +316,9 @@ def beam_search_memory(
             body = ids[1:]
             found.append(_Found(image, direction, tuple(body if direction == "l2r" else body[::-1]), score))
     if nbest is None:
-        _rescore(model, memory, mem_mask, vocab, alpha, found, keep_outputs=explain)
+        _rescore(model, memory, mem_mask, vocab, alpha, found, keep_outputs=explain, should_stop=should_stop)
     else:
-        _rescore_top(model, memory, mem_mask, vocab, alpha, found, nbest, keep_outputs=explain)
+        _rescore_top(model, memory, mem_mask, vocab, alpha, found, nbest, keep_outputs=explain, should_stop=should_stop)
     results: list[list[Hypothesis]] = []
     for image in range(b):
         best: dict[tuple[int, ...], Hypothesis] = {}
@@ -342,33 +342,60 @@ def _with_outputs(hyp: Hypothesis, image: int, trace: _Trace, vocab: Vocabulary,
     return Hypothesis(hyp.ids, hyp.score, hyp.direction, outputs)
 
 
+# The rescoring's rows are read in groups whose ARM input stays under this many elements:
+# the same budget as the compiled pass's chunks (`CompiledForward.chunk_arm_elements`), so
+# the compiled code runs each group as one chunk, and a recognition asked to stop (new ink)
+# stops between groups instead of after a long expression's whole pass (up to ~200 ms here).
+RESCORE_GROUP_ARM_ELEMENTS = 1_600_000
+
+
+def _rescoring_groups(model: HMER, memory: Tensor, items: list[_Found]) -> list[list[_Found]]:
+    """`items` in order, cut into groups of rows within `RESCORE_GROUP_ARM_ELEMENTS` (padded to
+    each group's longest row); every group holds at least one row."""
+    arm = model.decoder.arm
+    per_position = (arm.conv.in_channels if arm is not None else 1) * memory.shape[1] * memory.shape[2]
+    groups: list[list[_Found]] = []
+    width = 0
+    for f in items:
+        row_width = len(f.ids) + 1  # <sos>/<eos> and the symbols
+        grown = max(width, row_width)
+        if groups and (len(groups[-1]) + 1) * grown * per_position <= RESCORE_GROUP_ARM_ELEMENTS:
+            groups[-1].append(f)
+            width = grown
+        else:
+            groups.append([f])
+            width = row_width
+    return groups
+
+
 def _rescore(
     model: HMER, memory: Tensor, mem_mask: Tensor, vocab: Vocabulary, alpha: float, items: list[_Found],
-    keep_outputs: bool = False,
+    keep_outputs: bool = False, should_stop: ShouldStop | None = None,
 ) -> None:  # fmt: skip
     """Set `total` of each item: its score plus the opposite direction's. Both directions'
-    items go through one decoder pass (each is read in the direction that did not find it):
-    one pass instead of two halves the per-operator overhead. keep_outputs: also set the
-    `outputs` of each r2l item, which this pass reads left to right."""
-    if not items:
-        return
-    parts = [direction_targets([f.ids], vocab, reverse=(f.direction == "l2r")) for f in items]
-    width = max(tgt.shape[1] for tgt, _ in parts)
-    tgt = torch.cat([F.pad(t, (0, width - t.shape[1]), value=vocab.pad_id) for t, _ in parts]).to(memory.device)
-    out = torch.cat([F.pad(o, (0, width - o.shape[1]), value=vocab.pad_id) for _, o in parts]).to(memory.device)
-    image = torch.tensor([f.image for f in items], device=memory.device)
-    reverse, (logits, aux, attn) = _normalized_logprob(model, memory, mem_mask, image, tgt, out, vocab, alpha,
-                                                       need_attention=keep_outputs)  # fmt: skip
-    for i, (f, r) in enumerate(zip(items, reverse.tolist())):
-        f.total = f.score + r
-        if keep_outputs and f.direction == "r2l":  # read left to right here: it explains the reading
-            n = len(f.ids) + 1
-            f.outputs = (logits[i, :n], aux[i, :n], attn[i, :, :n].mean(dim=0))
+    items go through one decoder pass per group (each is read in the direction that did not
+    find it): one pass instead of two halves the per-operator overhead. keep_outputs: also
+    set the `outputs` of each r2l item, which this pass reads left to right. should_stop is
+    asked before each group (`_rescoring_groups`)."""
+    for group in _rescoring_groups(model, memory, items):
+        stop_if_asked(should_stop)
+        parts = [direction_targets([f.ids], vocab, reverse=(f.direction == "l2r")) for f in group]
+        width = max(tgt.shape[1] for tgt, _ in parts)
+        tgt = torch.cat([F.pad(t, (0, width - t.shape[1]), value=vocab.pad_id) for t, _ in parts]).to(memory.device)
+        out = torch.cat([F.pad(o, (0, width - o.shape[1]), value=vocab.pad_id) for _, o in parts]).to(memory.device)
+        image = torch.tensor([f.image for f in group], device=memory.device)
+        reverse, (logits, aux, attn) = _normalized_logprob(model, memory, mem_mask, image, tgt, out, vocab, alpha,
+                                                           need_attention=keep_outputs)  # fmt: skip
+        for i, (f, r) in enumerate(zip(group, reverse.tolist())):
+            f.total = f.score + r
+            if keep_outputs and f.direction == "r2l":  # read left to right here: it explains the reading
+                n = len(f.ids) + 1
+                f.outputs = (logits[i, :n], aux[i, :n], attn[i, :, :n].mean(dim=0))
 
 
 def _rescore_top(
     model: HMER, memory: Tensor, mem_mask: Tensor, vocab: Vocabulary, alpha: float, found: list[_Found], nbest: int,
-    keep_outputs: bool = False,
+    keep_outputs: bool = False, should_stop: ShouldStop | None = None,
 ) -> None:  # fmt: skip
     """Set `total` for every hypothesis that can be among the `nbest` best of its image."""
     by_key: dict[tuple[int, tuple[int, ...]], dict[str, _Found]] = {}
@@ -391,4 +418,4 @@ def _rescore_top(
             known.setdefault(f.image, []).append(f.total)
     floor = {i: sorted(t, reverse=True)[nbest - 1] for i, t in known.items() if len(t) >= nbest}
     pending = [f for f in pending if f.score > floor.get(f.image, float("-inf"))]
-    _rescore(model, memory, mem_mask, vocab, alpha, pending, keep_outputs)
+    _rescore(model, memory, mem_mask, vocab, alpha, pending, keep_outputs, should_stop)

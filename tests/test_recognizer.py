@@ -49,6 +49,31 @@ def test_greedy_and_beam_agree_on_learned_ink(recognizer):
     assert recognizer.recognize(strokes, beam_size=1).latex == recognizer.recognize(strokes, beam_size=10).latex
 
 
+def test_the_rescoring_reads_in_groups_and_stops_between_them(recognizer, monkeypatch):
+    # A long expression's rescoring is read in groups of rows, so new ink stops it between
+    # groups rather than after the whole pass; grouped or not, the reading is the same.
+    import model.beam as beam
+    from model.cancel import RecognitionCancelled
+
+    strokes = ink_for(SYNTHETIC_EXPRESSIONS[2])
+    whole = recognizer.recognize(strokes, beam_size=10)
+    passes = []
+    rescore = beam._normalized_logprob
+    monkeypatch.setattr(beam, "_normalized_logprob", lambda *a, **k: passes.append(a[4].shape[0]) or rescore(*a, **k))
+    monkeypatch.setattr(beam, "RESCORE_GROUP_ARM_ELEMENTS", 1)  # a row per group
+    recognizer.forget_encoding()
+    grouped = recognizer.recognize(strokes, beam_size=10)
+    assert len(passes) > 1 and set(passes) == {1}
+    assert grouped.tokens == whole.tokens
+    np.testing.assert_allclose([a.score for a in grouped.alternatives], [a.score for a in whole.alternatives], atol=1e-5)
+    np.testing.assert_allclose(grouped.attention, whole.attention, atol=1e-5)
+
+    passes.clear()
+    with pytest.raises(RecognitionCancelled):
+        recognizer.recognize(strokes, beam_size=10, should_stop=lambda: len(passes) >= 1)
+    assert len(passes) == 1  # stopped after the first group, not at the end of the pass
+
+
 @pytest.mark.parametrize("beam_size", [1, 10])
 def test_a_recognition_stops_between_steps_when_asked_and_the_model_stays_usable(recognizer, beam_size):
     # The app stops reading old ink when new ink arrives: asked before every decoder step,
