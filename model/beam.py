@@ -342,10 +342,15 @@ def _with_outputs(hyp: Hypothesis, image: int, trace: _Trace, vocab: Vocabulary,
     return Hypothesis(hyp.ids, hyp.score, hyp.direction, outputs)
 
 
-# The rescoring's rows are read in groups whose ARM input stays under this many elements:
-# the same budget as the compiled pass's chunks (`CompiledForward.chunk_arm_elements`), so
-# the compiled code runs each group as one chunk, and a recognition asked to stop (new ink)
-# stops between groups instead of after a long expression's whole pass (up to ~200 ms here).
+# The rescoring's rows are read in groups whose ARM input stays under this many elements
+# (6 MB of fp32 coverage), each padded only to its own longest row:
+# - a whole pass over a long expression's hypotheses holds tens of megabytes of ARM
+#   intermediates, far beyond the caches: its groups take 0.80x its time (the 10 longest of
+#   the first 60 of 2014, compiled; budgets from 0.8M to 3.2M within 3% of each other), and
+#   padding each group to its own longest row 0.94x again (hypotheses differ in length by up
+#   to a quarter);
+# - a recognition asked to stop (new ink) stops between groups instead of after the whole
+#   pass (up to ~200 ms here).
 RESCORE_GROUP_ARM_ELEMENTS = 1_600_000
 
 

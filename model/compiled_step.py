@@ -367,8 +367,7 @@ class _Package:
 
     def _run(self, *inputs: Tensor) -> Any:
         """Run the package on contiguous inputs: it reads each input with the strides it was
-        compiled for and does not check them, so a sliced tensor (a row chunk cut short)
-        would be read as garbage."""
+        compiled for and does not check them, so a sliced tensor would be read as garbage."""
         return self._package(*(x.contiguous() for x in inputs))
 
     def _refresh(self) -> None:
@@ -393,53 +392,26 @@ class _Package:
 class CompiledForward(_Package):
     """`Decoder.forward` in evaluation on one image, through a `compile_forward` package."""
 
-    # The package refines every coverage map of its batch at once, so a batch of long
-    # hypotheses holds tens of megabytes of ARM intermediates, far beyond the caches. Rows are
-    # independent: the batch runs in chunks of rows whose ARM input stays under this many
-    # elements (1.6M: 6 MB of fp32 coverage). Measured on the rescoring passes of the 10
-    # longest of the first 60 of 2014: 0.80x the time of whole batches (budgets from 0.8M to
-    # 3.2M all within 3% of it; session 30).
-    chunk_arm_elements = 1_600_000
-    # A single row larger than this stays eager, which refines its maps in groups.
+    # Larger ARM inputs stay eager, which refines them in groups (the package would hold
+    # every coverage map's intermediates at once): 32 MB of fp32 coverage. The rescoring
+    # stays far below this: it reads its rows in groups (`model.beam._rescoring_groups`).
     max_arm_elements = 8_000_000
 
     def fits(self, memory: Tensor, memory_mask: Tensor, tokens: Tensor, image_index: Tensor | None) -> bool:
         _, h, w, _ = memory.shape
         b, t = tokens.shape
+        arm = self._decoder.arm
         return (
             memory.shape[0] == 1 and memory.device.type == "cpu" and memory.dtype == torch.float32
-            and 1 <= b and 2 <= t <= MAX_CACHE and 1 <= h <= MAX_GRID[0] and 1 <= w <= MAX_GRID[1]
-            and self._row_arm_elements(memory, tokens) <= self.max_arm_elements
+            and 1 <= b <= MAX_ROWS and 2 <= t <= MAX_CACHE and 1 <= h <= MAX_GRID[0] and 1 <= w <= MAX_GRID[1]
+            and b * t * arm.conv.in_channels * h * w <= self.max_arm_elements
             and (image_index is None and b == 1 or image_index is not None and not bool(image_index.any()))
         )  # fmt: skip
 
-    def _row_arm_elements(self, memory: Tensor, tokens: Tensor) -> int:
-        """The ARM's input elements for one row of `tokens`: its maps of all positions."""
-        return tokens.shape[1] * self._decoder.arm.conv.in_channels * memory.shape[1] * memory.shape[2]
-
     def forward(self, memory: Tensor, memory_mask: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Main and auxiliary logits [b, t, V] and the last layer's refined attention [b, H, t, L].
-
-        Rows are padded at their end (pad id 0). A chunk of rows is read only up to its own
-        longest row: the outputs at the padding past it are zeros. Nothing reads them (the
-        rescoring ignores padding; a reading's maps stop at its end), and a long
-        expression's hypotheses differ in length by up to a quarter."""
+        """Main and auxiliary logits [b, t, V] and the last layer's refined attention [b, H, t, L]."""
         self._refresh()
-        rows = max(1, min(MAX_ROWS, self.chunk_arm_elements // self._row_arm_elements(memory, tokens)))
-        if tokens.shape[0] <= rows:
-            return self._run(memory, memory_mask, tokens, self._scalars)
-        t = tokens.shape[1]
-        parts = []
-        for chunk in tokens.split(rows):
-            used = (chunk != 0).any(dim=0).nonzero()  # columns where some row has a token
-            length = max(2, int(used.max()) + 1 if used.numel() else 2)  # the package reads at least 2
-            main, aux, attn = self._run(memory, memory_mask, chunk[:, :length], self._scalars)
-            if length < t:
-                main, aux = F.pad(main, (0, 0, 0, t - length)), F.pad(aux, (0, 0, 0, t - length))
-                attn = F.pad(attn, (0, 0, 0, t - length))
-            parts.append((main, aux, attn))
-        main, aux, attn = (torch.cat(outputs) for outputs in zip(*parts))
-        return main, aux, attn
+        return self._run(memory, memory_mask, tokens, self._scalars)
 
 
 class CompiledStep(_Package):
