@@ -31,7 +31,7 @@ import json
 import sys
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,16 +183,22 @@ def main() -> int:
     ways = [f"{kind}:{debounce:g}" for kind, debounce in args.ways]
     if len(set(ways)) != len(ways):
         parser.error("each way once")
-    recognizers = {way: (_Unstoppable if kind == "before" else Recognizer).load(args.checkpoint, device="cpu")
+    # All torch work runs on one thread, the app's recognition worker, as in the app: a
+    # second thread with a multi-threaded torch pool (loading here on the main thread, or a
+    # worker per way) would slow every parallel operation several times (README, "Threads").
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hmer-recognition")
+    recognizers = {way: worker.submit((_Unstoppable if kind == "before" else Recognizer).load, args.checkpoint,
+                                      device="cpu").result()
                    for way, (kind, _) in zip(ways, args.ways)}  # fmt: skip
     for way, (kind, _) in zip(ways, args.ways):
         if kind == "compiled":
-            message = recognizers[way].use_compiled_step(compile_if_missing="now")
+            message = worker.submit(recognizers[way].use_compiled_step, compile_if_missing="now").result()
             if not message.startswith("using"):
                 print(f"live_drawing: {way}: {message}", file=sys.stderr)
                 return 2
     try:
-        examples, _ = load_split(args.data, args.split, recognizers[ways[0]].vocab, limit=args.limit)
+        examples, _ = worker.submit(load_split, args.data, args.split, recognizers[ways[0]].vocab,
+                                    limit=args.limit).result()  # fmt: skip
     except FileNotFoundError as e:
         parser.error(str(e))
     if not examples:
@@ -200,7 +206,7 @@ def main() -> int:
     services = {}
     for way in ways:
         loader = lambda path, device, r=recognizers[way]: r  # noqa: E731 (each service gets its own model)
-        services[way] = RecognitionService(args.checkpoint, "cpu", loader=loader)
+        services[way] = RecognitionService(args.checkpoint, "cpu", loader=loader, executor=worker)
         services[way].preload().result()
         services[way].recognize(examples[0].strokes, ink_version=0, beam_size=args.beam).result()  # warm-up
     rng = np.random.default_rng(args.seed)
@@ -218,6 +224,7 @@ def main() -> int:
     finally:
         for service in services.values():
             service.shutdown()
+        worker.shutdown(wait=True, cancel_futures=True)
     print(file=sys.stderr)
     report = {"split": args.split, "n": len(examples), "strokes": sum(len(ex.strokes) for ex in examples),
               "beam": args.beam, "draw_ms": list(args.draw_ms),

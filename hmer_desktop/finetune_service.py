@@ -10,10 +10,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from hmer_desktop.service import RecognitionService
 from train.samples import SampleStore
 
+T = TypeVar("T")
 
 def cpu_count() -> int:
     """The CPUs this process may run on."""
@@ -31,6 +33,30 @@ def thread_split(cores: int) -> tuple[int, int]:
     recognition still on two threads was the worst (p50 469 ms)."""
     recognize = max(1, cores // 2)
     return max(1, cores - recognize), recognize
+
+
+def on_a_thread_of_its_own(work: Callable[[], T]) -> T:
+    """Run `work` on a new thread and wait for it; its result or its exception.
+
+    A thread's torch work runs on an OpenMP thread pool that lives as long as the thread.
+    With GNU OpenMP, once two threads hold pools of more than one thread each, every
+    parallel operation of the process is several times slower (measured on 2 cores: a
+    greedy reading 29 -> 222 ms; README, "Threads"). A fine-tune's pool must therefore
+    end with the fine-tune, not stay with the worker that queues the jobs."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = work()
+        except BaseException as e:  # noqa: BLE001 (handed to the caller's thread as it was)
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, name="hmer-finetune-job")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 @dataclass(frozen=True)
@@ -113,7 +139,7 @@ class FinetuneService:
                 if self.recognition is not None:
                     self.recognition.threads = 0
 
-        job = FinetuneJob(self._executor.submit(run), cancel)
+        job = FinetuneJob(self._executor.submit(on_a_thread_of_its_own, run), cancel)
         self._jobs.append(job)
         return job
 

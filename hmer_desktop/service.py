@@ -70,8 +70,14 @@ class RecognitionService:
         checkpoint: Path | None = None,
         device: str = "auto",
         loader: Callable[[Path | None, str], RecognizerLike] = load_recognizer,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hmer-recognition")
+        # The one thread that loads the model and recognizes. Several services in one process
+        # (benchmarks comparing ways) share one (`executor`, left running by `shutdown`): with
+        # GNU OpenMP, a second thread whose torch work runs on several threads makes every
+        # parallel operation in the process several times slower (see README, "Threads").
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="hmer-recognition")
         self._loader = loader
         self._checkpoint = checkpoint
         self._device = device
@@ -146,5 +152,7 @@ class RecognitionService:
         return self._executor.submit(run)
 
     def shutdown(self) -> None:
-        """Stop the worker: queued requests are cancelled, a running one finishes."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the worker: queued requests are cancelled, a running one finishes (a shared
+        executor is left to its owner)."""
+        if self._owns_executor:
+            self._executor.shutdown(wait=True, cancel_futures=True)

@@ -170,6 +170,33 @@ def test_recognition_keeps_to_its_share_while_the_app_fine_tunes(tmp_path, tiny_
     assert recognition.threads == 0  # the whole CPU again once the job is done
 
 
+def test_a_finetune_trains_on_a_thread_that_ends_with_it(tmp_path, tiny_checkpoint):
+    # torch's OpenMP pool lives as long as its thread: a fine-tune's pool left beside the
+    # recognition worker's would slow every parallel operation afterwards (README, "Threads").
+    from hmer_desktop.finetune_service import FinetuneService
+
+    store = SampleStore(tmp_path / "s.db")
+    for ex in synthetic_examples(NEW_EXPRESSIONS, copies=2):
+        store.add(ex.strokes, " ".join(ex.tokens))
+    service = FinetuneService(store, tmp_path / "models")
+    trained_on = []
+    job = service.start(tiny_checkpoint, None, 2, lambda p: trained_on.append(threading.current_thread()))
+    job.future.result(timeout=120)
+    assert trained_on and len(set(trained_on)) == 1
+    assert not trained_on[0].is_alive()  # while the service and its queue live on
+    service.shutdown()
+
+
+def test_work_on_a_thread_of_its_own_gives_back_its_result_or_its_error():
+    from hmer_desktop.finetune_service import on_a_thread_of_its_own
+
+    ran_on = []
+    assert on_a_thread_of_its_own(lambda: ran_on.append(threading.current_thread()) or 7) == 7
+    assert ran_on[0] is not threading.current_thread() and not ran_on[0].is_alive()
+    with pytest.raises(OSError, match="disk full"):
+        on_a_thread_of_its_own(lambda: (_ for _ in ()).throw(OSError("disk full")))
+
+
 def test_finetune_command_line_records_the_version(tmp_path, tiny_checkpoint, capsys):
     store = SampleStore(tmp_path / "s.db")
     for ex in synthetic_examples(NEW_EXPRESSIONS, copies=2):

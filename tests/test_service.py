@@ -80,3 +80,36 @@ def test_a_search_of_the_same_ink_lets_the_running_preview_finish(paused_service
     assert first.ink_version == second.ink_version == 5
     assert first.prediction.tokens == second.prediction.tokens  # the tiny model reads it either way
     assert rec.steps[0] > 3  # the preview ran to its end
+
+
+class _Recorded:
+    """A stand-in recognizer that records the thread each call ran on."""
+
+    device = "cpu"
+    exact_search = False
+    threads = 0
+
+    def __init__(self) -> None:
+        self.threads_seen: list[threading.Thread] = []
+
+    def recognize(self, strokes, beam_size=10, should_stop=None):
+        self.threads_seen.append(threading.current_thread())
+        return "a reading"  # passed through as the result's prediction
+
+
+def test_services_given_one_worker_run_on_it_and_leave_it_to_its_owner():
+    # Benchmarks comparing ways of scheduling keep all torch work on one thread, as the app
+    # does (a second multi-threaded OpenMP pool slows every parallel operation; README).
+    from concurrent.futures import ThreadPoolExecutor
+
+    worker = ThreadPoolExecutor(max_workers=1)
+    recognizers = [_Recorded(), _Recorded()]
+    services = [RecognitionService(None, "cpu", loader=lambda p, d, r=r: r, executor=worker) for r in recognizers]
+    for version, service in enumerate(services):
+        service.recognize(INK, ink_version=version, beam_size=1).result(timeout=30)
+    services[0].shutdown()
+    services[1].recognize(INK, ink_version=9, beam_size=1).result(timeout=30)  # still served
+    seen = {t for r in recognizers for t in r.threads_seen}
+    assert len(seen) == 1 and seen != {threading.current_thread()}
+    services[1].shutdown()
+    worker.shutdown()
