@@ -13,8 +13,11 @@ Two baselines, both re-decoding the whole prefix at every step:
   cache alone gains.
 
 The timed search prunes beams as the app does (`--prune`, default the app's
-threshold; `none` times the exact search); the reference baseline never prunes,
-so `identical` is how often the app's reading is the reference's.
+threshold; `none` times the exact search) and, on a CPU with bf16 units, computes
+the ARM's convolution in bf16 as the app does (`--fp32-arm`, or the exact search:
+in fp32); the
+reference baseline never prunes and computes in fp32, so `identical` is how often
+the app's reading is the reference's.
 
     python benchmarks/latency.py --data ../shared/datasets/crohme --split 2014 --limit 100 --json out.json
     python benchmarks/latency.py --data ... --split 2014 --preset paper --max-len 60   # random paper weights
@@ -37,7 +40,10 @@ the ratio of a measured time to it is what overhead and memory traffic cost.
     python benchmarks/latency.py --data ... --split 2014 --limit 60 --no-baseline --floor
 
 `--compiled` times the app's compiled decoder step (`model/compiled_step.py`);
-`--compiled --no-baseline --against SAME.pt` times it against the eager step.
+`--compiled --no-baseline --against SAME.pt` times it against the eager step, and
+with `--against-compiled --against-fp32-arm` the bf16 convolution against fp32:
+
+    python benchmarks/latency.py --data ... --no-baseline --compiled --against assets/hmer_small.pt --against-compiled --against-fp32-arm
 """
 
 from __future__ import annotations
@@ -116,9 +122,23 @@ def baseline_recognize(rec: Recognizer, strokes, beam: int, max_len: int, refere
             limit, decoder = max_len, FullPrefixDecoder(rec.model, rows=2 * beam)
         else:
             limit, decoder = length_limit(len(strokes), max_len), FullPrefixDecoder(rec.model)
-        hyps = beam_search_memory(rec.model, memory, mask, rec.vocab, beam, limit, decoder=decoder,
-                                  well_formed=rec.well_formed, prune=None if reference else rec.prune)  # fmt: skip
+        arm = rec.model.decoder.arm
+        ours = arm.conv_dtype if arm is not None else None
+        if reference and arm is not None:
+            arm.conv_dtype = None  # the reference computes in fp32 throughout
+        try:
+            hyps = beam_search_memory(rec.model, memory, mask, rec.vocab, beam, limit, decoder=decoder,
+                                      well_formed=rec.well_formed, prune=None if reference else rec.prune)  # fmt: skip
+        finally:
+            if arm is not None:
+                arm.conv_dtype = ours
     return list(hyps[0][0].ids)
+
+
+def _arm_dtype(rec: Recognizer) -> str:
+    """What the ARM's convolution computed in: bf16 where the app uses it, fp32 in the exact search."""
+    arm = rec.model.decoder.arm
+    return "bf16" if arm is not None and arm.conv_dtype == torch.bfloat16 else "fp32"
 
 
 def count_flops(rec: Recognizer, strokes, beam: int) -> int:
@@ -194,6 +214,10 @@ def main() -> int:
                              "is not in the cache); with --against, the other runs eagerly")
     parser.add_argument("--floor", action="store_true",
                         help="count each recognition's operations and report the fp32 arithmetic floor")
+    parser.add_argument("--fp32-arm", action="store_true",
+                        help="the ARM's convolution in fp32 where the app computes it in bf16 (a CPU with bf16 units)")
+    parser.add_argument("--against-fp32-arm", action="store_true", help="the same for --against")
+    parser.add_argument("--against-compiled", action="store_true", help="--against with the compiled decoder too")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.threads:
@@ -211,6 +235,9 @@ def main() -> int:
         r.early_stopping = args.early_stopping
         r.well_formed = not args.free_syntax
     rec.prune = args.prune
+    rec.bf16_arm = rec.bf16_arm and not args.fp32_arm
+    if other:
+        other.bf16_arm = other.bf16_arm and not args.against_fp32_arm
     if args.compiled:
         message = rec.use_compiled_step(compile_if_missing="now")
         print(message, file=sys.stderr)
@@ -219,6 +246,11 @@ def main() -> int:
             return 2
     if other:
         other.prune = args.against_prune
+        if args.against_compiled:
+            message = other.use_compiled_step(compile_if_missing="now")
+            if not message.startswith("using"):
+                print(f"latency: --against-compiled: {message}", file=sys.stderr)
+                return 2
     examples, _ = load_split(args.data, args.split, rec.vocab, limit=args.limit)
     ours, base, same, no_cache, same_no_cache = [], [], 0, [], 0
     theirs, agree = [], 0
@@ -264,6 +296,7 @@ def main() -> int:
     report = {
         "checkpoint": name, "split": args.split, "n": len(examples), "beam": args.beam, "threads": torch.get_num_threads(),
         "syntax_rules": rec.well_formed, "prune": args.prune, "compiled_step": rec.model.decoder.compiled_step is not None,
+        "arm_convolution": _arm_dtype(rec),
         "p50_ms": float(np.percentile(ours, 50)), "p95_ms": float(np.percentile(ours, 95)),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "stage_p50_ms": {stage: float(np.percentile(v, 50)) for stage, v in stages.items()},
@@ -286,7 +319,8 @@ def main() -> int:
                    "over_floor_p50": float(np.percentile([m / f for m, f in zip(ours, floor_ms)], 50))}  # fmt: skip
     if other:
         report["against"] = {
-            "checkpoint": str(other.path), "prune": other.prune, "p50_ms": float(np.percentile(theirs, 50)),
+            "checkpoint": str(other.path), "prune": other.prune, "arm_convolution": _arm_dtype(other),
+            "p50_ms": float(np.percentile(theirs, 50)),
             "p95_ms": float(np.percentile(theirs, 95)), "mean_ms": float(np.mean(theirs)),
             "ratio_p50": float(np.percentile(ours, 50) / np.percentile(theirs, 50)),  # this checkpoint / the other
             "ratio_p95": float(np.percentile(ours, 95) / np.percentile(theirs, 95)),

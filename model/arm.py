@@ -114,6 +114,10 @@ class AttentionRefinementModule(nn.Module):
     # whose intermediates overflow the CPU's caches: measured on 1,340 maps of 16x10x35,
     # 141 ms whole against 72 ms in groups (recognition: -9% on the slowest tenth).
     eval_group_elements = 2_000_000
+    # In evaluation, the 5x5 convolution computes in this dtype when set (None: its weights'
+    # own, fp32). The app sets bf16 on CPUs with bf16 units (`Recognizer`): the convolution is
+    # most of a long expression's arithmetic, and bf16 runs it in a fifth of the time there.
+    conv_dtype: torch.dtype | None = None
 
     def __init__(self, config: HMERConfig) -> None:
         super().__init__()
@@ -156,8 +160,15 @@ class AttentionRefinementModule(nn.Module):
         masks = mask.split(rows) if mask is not None else [None] * -(-n // rows)
         return torch.cat([self._refine(c, m) for c, m in zip(coverage.split(rows), masks)])
 
+    def _convolve(self, coverage: Tensor) -> Tensor:
+        dtype = self.conv_dtype
+        if dtype is None or self.training or dtype == coverage.dtype:
+            return self.conv(coverage)
+        weight, bias = self.conv.weight.to(dtype), self.conv.bias.to(dtype)
+        return F.conv2d(coverage.to(dtype), weight, bias, padding=self.conv.padding).to(coverage.dtype)
+
     def _refine(self, coverage: Tensor, mask: Tensor | None) -> Tensor:
-        cov = F.relu(self.conv(coverage), inplace=True)  # [n, dc, h, w]
+        cov = F.relu(self._convolve(coverage), inplace=True)  # [n, dc, h, w]
         if self.cbam is None:
             out = self._project(cov)  # [n, H, h, w]
         else:

@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="model checkpoint (default: the bundled model)")
     parser.add_argument("--beam", type=int, default=10, help="beam size (1 = greedy)")
     parser.add_argument("--exact", action="store_true",
-                        help="keep every beam, as the reference's search does (default: drop beams far behind the best)")
+                        help="the reference's search: keep every beam, all in fp32 (default: drop beams far behind "
+                             "the best; the ARM's convolution in bf16 on CPUs with bf16 units)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--json", action="store_true", help="print the whole prediction (minus arrays) as JSON")
     args = parser.parse_args(argv)

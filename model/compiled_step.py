@@ -237,6 +237,7 @@ def package_key(decoder: Decoder) -> str:
     arm = decoder.arm
     parts = [_traced_source(),
              f"heads {decoder.nhead}", f"arm {arm.cross_coverage if arm else None} {arm.self_coverage if arm else None}",
+             f"arm convolution in {arm.conv_dtype if arm else None}",
              repr([(k, tuple(v.shape)) for k, v in decoder.state_dict().items()]),
              torch.__version__, platform.machine(), platform.system(), str(torch.backends.cpu.get_cpu_capability())]  # fmt: skip
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
@@ -350,6 +351,7 @@ class _Package:
         self._version: tuple[int, int] | None = None
         self._names = _scalar_names(decoder)
         self._scalars = _scalars(decoder, self._names)
+        self._conv_dtype = decoder.arm.conv_dtype  # compiled in (`package_key`)
         self._lock = threading.Lock()
         self._refresh()
 
@@ -403,6 +405,7 @@ class CompiledForward(_Package):
         arm = self._decoder.arm
         return (
             memory.shape[0] == 1 and memory.device.type == "cpu" and memory.dtype == torch.float32
+            and arm.conv_dtype == self._conv_dtype
             and 1 <= b <= MAX_ROWS and 2 <= t <= MAX_CACHE and 1 <= h <= MAX_GRID[0] and 1 <= w <= MAX_GRID[1]
             and b * t * arm.conv.in_channels * h * w <= self.max_arm_elements
             and (image_index is None and b == 1 or image_index is not None and not bool(image_index.any()))
@@ -428,7 +431,7 @@ class CompiledStep(_Package):
             # the ARM refines larger batches in groups, a branch the package was not compiled with
             arm_elements <= self._decoder.arm.eval_group_elements
             and state.memory_mask is None and state.cross_k.shape[1] == 1 and state.self_kv.device.type == "cpu"
-            and state.self_kv.dtype == torch.float32
+            and state.self_kv.dtype == torch.float32 and self._decoder.arm.conv_dtype == self._conv_dtype
             and 1 <= n <= MAX_ROWS and 1 <= rows <= MAX_ROWS and 2 <= cap <= MAX_CACHE
             and 1 <= state.height <= MAX_GRID[0] and 1 <= width <= MAX_GRID[1]
         )  # fmt: skip

@@ -89,3 +89,21 @@ def test_the_spatial_gate_as_shifted_sums_equals_the_convolution(size):
         gate.as_shifted_sums = True
         got = gate.gate(x)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_the_convolution_in_bf16_is_the_fp32_one_rounded_and_only_in_evaluation():
+    # The app computes the ARM's 5x5 convolution in bf16 where the CPU has bf16 units: the
+    # coverage and the weights rounded to bf16, the result handed on in fp32.
+    arm = _arm().eval()
+    coverage = torch.rand(6, arm.conv.in_channels, 5, 9) * 3
+    with torch.no_grad():
+        fp32 = arm(coverage, None)
+        arm.conv_dtype = torch.bfloat16
+        bf16 = arm(coverage, None)
+        rounded = arm.conv.weight.bfloat16().float()
+        want_conv = F.conv2d(coverage.bfloat16().float(), rounded, arm.conv.bias.bfloat16().float(), padding=2)
+        torch.testing.assert_close(arm._convolve(coverage), want_conv, atol=0.02, rtol=0.01)  # bf16 output
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
+    torch.testing.assert_close(bf16, fp32, atol=0.05, rtol=0.05)
+    arm.train()  # training keeps fp32 (and its gradients) whatever is set
+    torch.testing.assert_close(arm._convolve(coverage), arm.conv(coverage))

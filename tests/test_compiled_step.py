@@ -196,6 +196,34 @@ def test_steps_the_package_was_not_compiled_for_run_eagerly(tiny_checkpoint, com
     assert step.fits(decoder.start(memory[:1], mask[:1], image_index[:2] * 0), 2)
 
 
+def test_a_package_runs_only_with_the_arm_convolution_it_was_compiled_for(tiny_checkpoint, compiled_dir):
+    # The app computes the ARM's convolution in bf16 where the CPU can, but the exact search
+    # in fp32 (the reference's): a package compiled for one is keyed apart from the other,
+    # and the other runs eagerly, with the eager code's reading.
+    from model.compiled_step import package_key
+
+    eager, fast = _pair(tiny_checkpoint, compiled_dir)
+    decoder, arm = fast.model.decoder, fast.model.decoder.arm
+    compiled_for = arm.conv_dtype
+    key = package_key(decoder)
+    arm.conv_dtype = None if compiled_for is not None else torch.bfloat16
+    assert package_key(decoder) != key
+    arm.conv_dtype = compiled_for
+    calls = []
+    for package in (decoder.compiled_step, decoder.compiled_forward):
+        run = package._run
+        package._run = lambda *a, _run=run: calls.append(1) or _run(*a)
+    strokes = ink_for(SYNTHETIC_EXPRESSIONS[1])
+    for rec in (eager, fast):
+        rec.exact_search = True  # fp32 throughout
+    _same(eager.recognize(strokes, 5), fast.recognize(strokes, 5))
+    assert not calls if compiled_for is not None else calls  # compiled for bf16: eager in the exact search
+    for rec in (eager, fast):
+        rec.exact_search = False
+    _same(eager.recognize(strokes, 5), fast.recognize(strokes, 5))
+    assert calls
+
+
 def test_the_app_compiles_in_the_background_while_it_keeps_recognizing(background_compile):
     done = background_compile
     assert done.message.startswith("preparing"), done.message

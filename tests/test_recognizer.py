@@ -394,3 +394,24 @@ def test_the_folded_encoder_encodes_as_the_model_does():
         got, got_mask = FoldedEncoder(model.encoder)(imgs, masks)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert torch.equal(got_mask, want_mask)
+
+
+def test_the_arm_convolution_is_bf16_only_on_cpus_with_bf16_units_and_never_in_the_exact_search(
+    tiny_checkpoint, monkeypatch
+):
+    import torch
+
+    from model import recognizer as module
+
+    monkeypatch.setattr(module, "cpu_has_bf16_units", lambda: False)  # emulated bf16 is slower than fp32
+    assert module.Recognizer.load(tiny_checkpoint, device="cpu").model.decoder.arm.conv_dtype is None
+    monkeypatch.setattr(module, "cpu_has_bf16_units", lambda: True)
+    rec = module.Recognizer.load(tiny_checkpoint, device="cpu")
+    arm = rec.model.decoder.arm
+    assert rec.bf16_arm and arm.conv_dtype == torch.bfloat16
+    rec.exact_search = True  # the reference's search, in fp32
+    assert arm.conv_dtype is None
+    rec.exact_search = False
+    assert arm.conv_dtype == torch.bfloat16
+    rec.bf16_arm = False
+    assert arm.conv_dtype is None

@@ -123,6 +123,11 @@ def test_hmer_eval_uses_tokenized_truths_without_captions(tmp_path, tiny_checkpo
                       "--beam", "2", "--prune", "5", "--json", str(out)]) == 0  # fmt: skip
     report = json.loads(out.read_text())
     assert report["exprate"] == 100.0 and report["prune"] == 5.0  # the app's search, recorded as such
+    assert report["arm_convolution"] == "fp32"  # the reference's arithmetic unless asked
+    assert eval_main(["--data", str(tmp_path / "data"), "--split", "raw", "--checkpoint", str(tiny_checkpoint),
+                      "--beam", "2", "--prune", "5", "--bf16-arm", "--json", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["exprate"] == 100.0 and report["arm_convolution"] == "bf16"  # as the app on a bf16 CPU
 
 
 def test_hmer_eval_reports_a_bad_checkpoint(tmp_path, capsys):

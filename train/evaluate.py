@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                              "as the reference does")  # fmt: skip
     parser.add_argument("--prune", type=float, metavar="NATS",
                         help="drop beams trailing their direction's best by more than this (default: never)")
+    parser.add_argument("--bf16-arm", action="store_true",
+                        help="the ARM's 5x5 convolution in bf16, as the app computes it on CPUs with bf16 units "
+                             "(default: fp32, the reference's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json", dest="json_out", help="write the report as JSON here")
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as e:
         print(f"hmer-eval: {e}", file=sys.stderr)
         return 2
+    if args.bf16_arm and model.decoder.arm is not None:
+        model.decoder.arm.conv_dtype = torch.bfloat16
     try:
         examples, report = load_split(args.data, args.split, vocab, limit=args.limit or None)
     except FileNotFoundError as e:
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                                unreadable=report.unreadable + [(n, "no label") for n in report.no_label],
                                alternatives=args.alternatives, well_formed=not args.free_syntax, prune=args.prune)  # fmt: skip
     result = {"split": args.split, "checkpoint": str(path), "beam": args.beam, "syntax_rules": not args.free_syntax,
-              "prune": args.prune,
+              "prune": args.prune, "arm_convolution": "bf16" if args.bf16_arm else "fp32",
               "seconds": round(time.monotonic() - start, 2), **result}  # fmt: skip
     print(f"{args.split}: n={result['n']}  ExpRate {result['exprate']:.2f}%  <=1 {result['le1']:.2f}%  "
           f"<=2 {result['le2']:.2f}%  <=3 {result['le3']:.2f}%  ({result['seconds']:.0f} s, beam {args.beam})")  # fmt: skip
