@@ -253,17 +253,18 @@ def _example(decoder: Decoder) -> tuple[Tensor, ...]:
             _scalars(decoder, _scalar_names(decoder)))  # fmt: skip
 
 
-def compile_step(decoder: Decoder, path: str | Path) -> Path:
-    """Export and compile `decoder`'s step into a package at `path` (written whole or not
+def compile_step(decoder: Decoder, path: str | Path, conv_dtype: torch.dtype | None) -> Path:
+    """Export and compile `decoder`'s step, with its ARM's convolution in `conv_dtype`
+    (`AttentionRefinementModule.conv_dtype`), into a package at `path` (written whole or not
     at all). Raises `CompileUnavailable` with the reason when it cannot."""
     Dim = torch.export.Dim
     n, rows = Dim("rows", min=1, max=MAX_ROWS), Dim("parents", min=1, max=MAX_ROWS)
     cap, h, w = Dim("cache", min=2, max=MAX_CACHE), Dim("h", min=1, max=MAX_GRID[0]), Dim("w", min=1, max=MAX_GRID[1])
     dynamic = ({0: n}, None, {0: n, 4: cap}, {0: rows, 4: h, 5: w}, {0: n}, {3: h, 4: w}, {2: h, 3: w}, None)
-    return _compile(decoder, _StepGraph, _example, dynamic, path)
+    return _compile(decoder, _StepGraph, _example, dynamic, path, conv_dtype)
 
 
-def compile_forward(decoder: Decoder, path: str | Path) -> Path:
+def compile_forward(decoder: Decoder, path: str | Path, conv_dtype: torch.dtype | None) -> Path:
     """Export and compile `decoder`'s teacher-forced pass on one image (`_ForcedBody`) into a
     package at `path`, likewise."""
     Dim = torch.export.Dim
@@ -277,10 +278,12 @@ def compile_forward(decoder: Decoder, path: str | Path) -> Path:
         return (torch.zeros(1, 5, 12, d), torch.zeros(1, 5, 12, dtype=torch.bool), tokens,
                 _scalars(dec, _scalar_names(dec)))  # fmt: skip
 
-    return _compile(decoder, _ForcedGraph, example, dynamic, path)
+    return _compile(decoder, _ForcedGraph, example, dynamic, path, conv_dtype)
 
 
-def _compile(decoder: Decoder, graph: type[nn.Module], example: Any, dynamic: Any, path: str | Path) -> Path:
+def _compile(
+    decoder: Decoder, graph: type[nn.Module], example: Any, dynamic: Any, path: str | Path, conv_dtype: torch.dtype | None
+) -> Path:
     if decoder.arm is None or len(decoder.layers) < 2:
         raise CompileUnavailable("only decoders with the ARM and at least two layers are compiled")
     if getattr(sys, "frozen", False):  # inductor starts `sys.executable` workers: that would be the app itself
@@ -298,6 +301,7 @@ def _compile(decoder: Decoder, graph: type[nn.Module], example: Any, dynamic: An
     memo = {id(decoder.compiled_step): None, id(decoder.compiled_forward): None}
     decoder = copy.deepcopy(decoder, memo=memo).eval()
     decoder.arm.eval_group_elements = 2**62
+    decoder.arm.conv_dtype = conv_dtype  # as keyed, whatever the live decoder switches to meanwhile
     if decoder.arm.cbam is not None:  # recognition p50 0.93x side by side (model card)
         decoder.arm.cbam.spatial_attention.as_shifted_sums = True
     try:  # a cache folder that cannot be written (full disk, read-only) also means "run eagerly"
@@ -345,27 +349,32 @@ def _weights_version(decoder: Decoder) -> tuple[int, int]:
 class _Package:
     """A compiled package bound to one decoder, whose weights it follows."""
 
-    def __init__(self, package: Any, decoder: Decoder) -> None:
+    def __init__(self, package: Any, decoder: Decoder, conv_dtype: torch.dtype | None) -> None:
         self._package = package
         self._decoder = decoder
         self._version: tuple[int, int] | None = None
         self._names = _scalar_names(decoder)
         self._scalars = _scalars(decoder, self._names)
-        self._conv_dtype = decoder.arm.conv_dtype  # compiled in (`package_key`)
+        self._conv_dtype = conv_dtype  # the ARM convolution's dtype it was compiled with
         self._lock = threading.Lock()
         self._refresh()
 
     @classmethod
-    def load(cls, path: str | Path, decoder: Decoder) -> _Package:
-        """Load a package compiled for a decoder of the same shape. Raises
-        `CompileUnavailable` when it cannot be loaded or does not fit."""
+    def load(cls, path: str | Path, decoder: Decoder, conv_dtype: torch.dtype | None) -> _Package:
+        """Load a package compiled for a decoder of the same shape, with the ARM's convolution in
+        `conv_dtype`. Raises `CompileUnavailable` when it cannot be loaded or does not fit."""
         try:
             import torch._inductor
 
             package = torch._inductor.aoti_load_package(str(path))
-            return cls(package, decoder)
+            return cls(package, decoder, conv_dtype)
         except Exception as e:
             raise CompileUnavailable(f"{path}: not a usable compiled package ({type(e).__name__}: {e})") from e
+
+    def _compiled_for_the_arm(self) -> bool:
+        """Whether the decoder's ARM computes its convolution as this package does (the exact
+        search switches the app's bf16 to fp32): the other runs eagerly."""
+        return self._decoder.arm.conv_dtype == self._conv_dtype
 
     def _run(self, *inputs: Tensor) -> Any:
         """Run the package on contiguous inputs: it reads each input with the strides it was
@@ -405,7 +414,7 @@ class CompiledForward(_Package):
         arm = self._decoder.arm
         return (
             memory.shape[0] == 1 and memory.device.type == "cpu" and memory.dtype == torch.float32
-            and arm.conv_dtype == self._conv_dtype
+            and self._compiled_for_the_arm()
             and 1 <= b <= MAX_ROWS and 2 <= t <= MAX_CACHE and 1 <= h <= MAX_GRID[0] and 1 <= w <= MAX_GRID[1]
             and b * t * arm.conv.in_channels * h * w <= self.max_arm_elements
             and (image_index is None and b == 1 or image_index is not None and not bool(image_index.any()))
@@ -431,7 +440,7 @@ class CompiledStep(_Package):
             # the ARM refines larger batches in groups, a branch the package was not compiled with
             arm_elements <= self._decoder.arm.eval_group_elements
             and state.memory_mask is None and state.cross_k.shape[1] == 1 and state.self_kv.device.type == "cpu"
-            and state.self_kv.dtype == torch.float32 and self._decoder.arm.conv_dtype == self._conv_dtype
+            and state.self_kv.dtype == torch.float32 and self._compiled_for_the_arm()
             and 1 <= n <= MAX_ROWS and 1 <= rows <= MAX_ROWS and 2 <= cap <= MAX_CACHE
             and 1 <= state.height <= MAX_GRID[0] and 1 <= width <= MAX_GRID[1]
         )  # fmt: skip

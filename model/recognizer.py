@@ -199,6 +199,8 @@ class Recognizer:
             return "not compiled: the compiled decoder is for the CPU"
         decoder = self.model.decoder
         folder = Path(cache_dir or default_compiled_dir())
+        # what the packages compute in, fixed here: the exact search may switch it meanwhile
+        conv_dtype = decoder.arm.conv_dtype if decoder.arm is not None else None
         try:
             key = package_key(decoder)
         except CompileUnavailable as e:
@@ -215,7 +217,7 @@ class Recognizer:
             for attribute, (path, compile_package, package_type) in kinds.items():
                 if path.exists():
                     try:
-                        ready[attribute] = package_type.load(path, decoder)
+                        ready[attribute] = package_type.load(path, decoder, conv_dtype)
                         continue
                     except CompileUnavailable as e:
                         log.warning("%s; it is deleted", e)
@@ -224,8 +226,8 @@ class Recognizer:
                     problems.append(f"no package at {path}")
                     continue
                 try:
-                    compile_package(decoder, path)
-                    ready[attribute] = package_type.load(path, decoder)
+                    compile_package(decoder, path, conv_dtype)
+                    ready[attribute] = package_type.load(path, decoder, conv_dtype)
                 except CompileUnavailable as e:
                     log.warning("runs eagerly: %s", e)
                     problems.append(str(e))
