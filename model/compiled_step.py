@@ -289,7 +289,7 @@ def _compile(
     if getattr(sys, "frozen", False):  # inductor starts `sys.executable` workers: that would be the app itself
         raise CompileUnavailable("a packaged app does not compile; a Python installation of hmer does")
     try:
-        import torch._inductor  # a second or so: imported only when compiling or loading
+        import torch._inductor  # a second and 150 MB: imported only to compile (`_Runner` loads)
     except ImportError as e:
         raise CompileUnavailable(f"torch's compiler cannot be imported: {e}") from e
     if not hasattr(torch._inductor, "aoti_compile_and_package"):
@@ -346,6 +346,43 @@ def _weights_version(decoder: Decoder) -> tuple[int, int]:
     return id(decoder), sum(t._version for t in tensors)
 
 
+# The C++ loader's arguments after the path in the torches this was written for (2.7 and later):
+# model name, single-threaded, runners, device index (-1: the CPU).
+_LOADER_ARGS = ("model", False, 1, -1)
+
+
+class _Runner:
+    """A compiled package's model, called through torch's C++ loader.
+
+    torch's Python wrapper (`torch._inductor.aoti_load_package`) imports the whole compiler
+    to open a package (0.8 s and 150 MB of resident memory here, at every start of the app),
+    and parses the package's input and output layout again at every call. These packages
+    take and return flat tuples of tensors, which the loader handles as they are."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+        self._call = getattr(loader, "boxed_run", None) or loader.run
+
+    @classmethod
+    def open(cls, path: Path) -> _Runner:
+        try:
+            loader = torch._C._aoti.AOTIModelPackageLoader(str(path), *_LOADER_ARGS)
+        except (AttributeError, TypeError):  # another torch's loader: its own wrapper opens it
+            from torch._inductor import aoti_load_package
+
+            loader = aoti_load_package(str(path)).loader
+        return cls(loader)
+
+    def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self._call(list(inputs)))
+
+    def get_constant_fqns(self) -> list[str]:
+        return self._loader.get_constant_fqns()
+
+    def load_constants(self, constants: dict[str, Tensor]) -> None:
+        self._loader.load_constants(constants, False, False)  # into the active buffer; a partial update
+
+
 class _Package:
     """A compiled package bound to one decoder, whose weights it follows."""
 
@@ -364,10 +401,7 @@ class _Package:
         """Load a package compiled for a decoder of the same shape, with the ARM's convolution in
         `conv_dtype`. Raises `CompileUnavailable` when it cannot be loaded or does not fit."""
         try:
-            import torch._inductor
-
-            package = torch._inductor.aoti_load_package(str(path))
-            return cls(package, decoder, conv_dtype)
+            return cls(_Runner.open(Path(path)), decoder, conv_dtype)
         except Exception as e:
             raise CompileUnavailable(f"{path}: not a usable compiled package ({type(e).__name__}: {e})") from e
 
@@ -395,7 +429,7 @@ class _Package:
             missing = [k for k in wanted if k not in state]
             if missing:
                 raise CompileUnavailable(f"the compiled package wants weights this decoder lacks: {missing[:3]}")
-            self._package.load_constants({k: state[k] for k in wanted}, check_full_update=False)
+            self._package.load_constants({k: state[k] for k in wanted})
             self._scalars = _scalars(self._decoder, self._names)
             self._version = version
 

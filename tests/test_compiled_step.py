@@ -126,6 +126,37 @@ def test_the_compiled_pass_reads_a_sliced_batch_as_the_eager_one(tiny_checkpoint
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
 
 
+def test_opening_the_packages_leaves_the_compiler_unimported(tiny_checkpoint, compiled_dir):
+    # torch's Python wrapper for packages imports the whole compiler: about a second more at
+    # every start of the app and 150 MB more memory (model card, session 32)
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from model.recognizer import Recognizer; "
+        f"rec = Recognizer.load({str(tiny_checkpoint)!r}, device='cpu'); "
+        f"print(rec.use_compiled_step({str(compiled_dir)!r})); print('torch._inductor' in sys.modules)"
+    )
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True)
+    message, imported = run.stdout.strip().splitlines()[-2:]
+    assert message.startswith("using") and imported == "False"
+
+
+def test_a_torch_whose_loader_differs_opens_the_packages_through_its_wrapper(
+    tiny_checkpoint, compiled_dir, monkeypatch
+):
+    import model.compiled_step as compiled_step
+
+    monkeypatch.setattr(compiled_step, "_LOADER_ARGS", ("model",))  # arguments this loader refuses
+    with pytest.raises(TypeError):
+        torch._C._aoti.AOTIModelPackageLoader(str(next(compiled_dir.glob("step-*.pt2"))), "model")
+    eager, fast = _pair(tiny_checkpoint, compiled_dir)
+    strokes = ink_for(SYNTHETIC_EXPRESSIONS[1])
+    _same(eager.recognize(strokes, 5), fast.recognize(strokes, 5))
+    assert fast.model.decoder.compiled_step is not None and fast.model.decoder.compiled_forward is not None
+
+
 def test_the_compiled_step_follows_weights_changed_in_place(tiny_checkpoint, compiled_dir):
     eager, fast = _pair(tiny_checkpoint, compiled_dir)
     strokes = ink_for(SYNTHETIC_EXPRESSIONS[1])
