@@ -351,8 +351,8 @@ def _weights_version(decoder: Decoder) -> tuple[int, int]:
     return id(decoder), sum(t._version for t in tensors)
 
 
-# The C++ loader's arguments after the path in the torches this was written for (2.7 and later):
-# model name, single-threaded, runners, device index (-1: the CPU).
+# The C++ loader's arguments after the path (checked with torch 2.13 and 2.14): model name,
+# single-threaded, runners, device index (-1: the CPU). Another torch's wrapper opens it instead.
 _LOADER_ARGS = ("model", False, 1, -1)
 
 
