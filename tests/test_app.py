@@ -182,6 +182,7 @@ def test_selecting_a_token_changes_the_heatmap_overlay(qtbot, make_window):
 def test_copy_buttons_put_the_right_text_on_the_clipboard(qtbot, make_window):
     window = make_window()
     _draw_and_settle(qtbot, window, "1 + 2")
+    qtbot.waitUntil(lambda: window.results.rendered_latex == "1 + 2")  # typeset on a thread of its own
     clipboard = QGuiApplication.clipboard()
     window.results.copy_latex.click()
     assert clipboard.text() == "1 + 2"

@@ -8,13 +8,15 @@ from PySide6.QtGui import QGuiApplication, QImage, QPixmap
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
                                QVBoxLayout, QWidget)  # fmt: skip
 
-from hmer_desktop.mathinfo import MathReading, TypesetError, read_math, typeset_png
+from hmer_desktop.mathinfo import LatestOnly, MathReading, Rendering, render
 from model.prediction import Prediction
 
 
 class ResultsPanel(QWidget):
     alternative_chosen = Signal(int)
     latex_edited = Signal(str)
+    rendered = Signal(str)  # the LaTeX whose typeset image and sympy reading are now shown
+    _arrived = Signal(object)  # a Rendering, from the typesetting thread
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -58,6 +60,13 @@ class ResultsPanel(QWidget):
         layout.addWidget(self.math)
         self._png: bytes | None = None
         self._reading: MathReading | None = None
+        # Typesetting and sympy's reading take 35 ms at the median and up to half a second
+        # (0.7 s more the first time, importing sympy): on a thread of their own, so that
+        # neither the pen nor the window waits for them while a person writes.
+        self._typesetter = LatestOnly("hmer-typeset")
+        self._wanted = ""  # the LaTeX whose rendering is awaited or shown
+        self.rendered_latex: str | None = None  # the LaTeX the typeset image and reading show
+        self._arrived.connect(self._show_rendering)
         self.set_latex("")
 
     # --- content ----------------------------------------------------------------------
@@ -86,25 +95,48 @@ class ResultsPanel(QWidget):
         for b in (self.copy_latex, self.copy_dollar):
             b.setEnabled(enabled)
         self._png = None
+        self._reading = None
+        self._wanted = latex
         self.typeset_note.setText("")
+        self.copy_mathml.setEnabled(False)  # until this LaTeX's own image and reading arrive
+        self.copy_image.setEnabled(False)
         if not enabled:
             self.typeset.setPixmap(QPixmap())
             self.typeset.setText("Draw an expression on the canvas.")
             self.math.setText("")
-            self.copy_mathml.setEnabled(False)
-            self.copy_image.setEnabled(False)
+            self.rendered_latex = latex
+            self.rendered.emit(latex)
             return
+        # the previous image stays until this one arrives: no flicker between strokes
+        self._typesetter.submit(lambda: self._render_if_wanted(latex))
+
+    def _render_if_wanted(self, latex: str) -> None:
+        """On the typesetting thread."""
+        if latex != self._wanted:  # superseded while waiting
+            return
+        rendering = render(latex)
         try:
-            self._png = typeset_png(latex, dpi=160)
+            self._arrived.emit(rendering)
+        except RuntimeError:  # the panel was deleted meanwhile (the window closed)
+            pass
+
+    def _show_rendering(self, rendering: Rendering) -> None:
+        if rendering.latex != self._wanted:
+            return  # a newer LaTeX is on its way
+        self._png = rendering.png
+        if self._png is not None:
             pixmap = QPixmap()
             pixmap.loadFromData(self._png, "PNG")
             self.typeset.setPixmap(pixmap)
-        except TypesetError as e:
+        else:
             self.typeset.setPixmap(QPixmap())
-            self.typeset.setText(latex)
-            self.typeset_note.setText(f"Shown as raw text: {e}")
+            self.typeset.setText(rendering.latex)
+            # a note set since the request (a sample refused on saving) stays above this one
+            earlier = self.typeset_note.text()
+            note = f"Shown as raw text: {rendering.typeset_error}"
+            self.typeset_note.setText(f"{earlier}\n{note}" if earlier else note)
         self.copy_image.setEnabled(self._png is not None)
-        self._reading = read_math(latex)
+        self._reading = rendering.reading
         r = self._reading
         if r.ok and not r.error:
             lines = [f"parsed: {r.parsed}", f"simplified: {r.simplified}"]
@@ -115,6 +147,8 @@ class ResultsPanel(QWidget):
             self.math.setText(r.error or "sympy cannot read this")
         self.copy_mathml.setEnabled(bool(r.mathml))
         self.copy_mathml.setToolTip("" if r.mathml else "sympy cannot read this expression, so there is no MathML")
+        self.rendered_latex = rendering.latex
+        self.rendered.emit(rendering.latex)
 
     # --- clipboard --------------------------------------------------------------------
 

@@ -1,0 +1,93 @@
+"""The typeset image and sympy's reading of a result are made off the GUI thread, newest
+first, and never shown for a LaTeX string that is no longer the panel's."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from hmer_desktop.mathinfo import LatestOnly, render
+
+pytest.importorskip("pytestqt")
+from PySide6.QtCore import QTimer  # noqa: E402
+
+import hmer_desktop.widgets.results as results_module  # noqa: E402
+from hmer_desktop.widgets.results import ResultsPanel  # noqa: E402
+
+
+def test_latest_only_drops_what_was_superseded_while_waiting_and_survives_a_failing_job():
+    ran, gate = [], threading.Event()
+    worker = LatestOnly("test-latest-only")
+    worker.submit(lambda: (gate.wait(5), ran.append("first")))
+    time.sleep(0.05)  # the first job is running, holding the thread
+    for name in ("second", "third"):
+        worker.submit(lambda name=name: ran.append(name))
+    gate.set()
+    deadline = time.monotonic() + 5
+    while "third" not in ran and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ran == ["first", "third"]
+    worker.submit(lambda: 1 / 0)
+    worker.submit(lambda: ran.append("after a failure"))
+    deadline = time.monotonic() + 5
+    while len(ran) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ran[-1] == "after a failure"
+
+
+def test_rendering_reports_what_cannot_be_typeset_instead_of_raising():
+    good, bad = render("1 + 2 \\times 3"), render("x ^ { 2")
+    assert good.png.startswith(b"\x89PNG") and good.reading.value == "7" and not good.typeset_error
+    assert bad.png is None and "cannot typeset" in bad.typeset_error
+
+
+def test_a_slow_rendering_never_blocks_the_gui_and_only_the_newest_latex_is_shown(qtbot, monkeypatch):
+    threads = []
+
+    def slow_render(latex):  # as sympy's simplify of a long expression (up to half a second)
+        threads.append(threading.current_thread().name)
+        time.sleep(0.3)
+        return render(latex)
+
+    monkeypatch.setattr(results_module, "render", slow_render)
+    panel = ResultsPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    shown: list[str] = []
+    panel.rendered.connect(shown.append)
+    try:
+        for latex in ("1", "1 +", "1 + 2"):  # the readings of three strokes in a row
+            panel.set_latex(latex)
+            assert not panel.copy_mathml.isEnabled()  # nothing of an older string can be copied
+            qtbot.wait(20)
+        qtbot.waitUntil(lambda: panel.rendered_latex == "1 + 2", timeout=10_000)
+    finally:
+        timer.stop()
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    assert max(gaps) < 0.1, f"longest GUI gap {max(gaps) * 1000:.0f} ms"
+    assert threads and all(name == "hmer-typeset" for name in threads)
+    # "1" was rendered but had been replaced by then; "1 +" was superseded while waiting
+    assert shown == ["1 + 2"] and len(threads) == 2
+    assert panel.math.text().endswith("value: 3") and panel.copy_mathml.isEnabled() and panel.copy_image.isEnabled()
+
+
+def test_the_app_freezes_what_it_loaded_once_the_first_result_is_shown(monkeypatch):
+    import gc
+
+    from hmer_desktop import app
+
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    monkeypatch.setattr(gc, "get_freeze_count", lambda: len(frozen))
+    app._freeze_once_loaded("")  # an empty canvas: the model may not even be loaded yet
+    assert frozen == []
+    app._freeze_once_loaded("x ^ { 2 }")
+    app._freeze_once_loaded("x ^ { 3 }")
+    assert frozen == [True]
