@@ -117,19 +117,29 @@ class LatestOnly:
 
     def __init__(self, name: str) -> None:
         self._pending: Callable[[], None] | None = None
+        self._closed = False
         self._ready = threading.Condition()
-        threading.Thread(target=self._serve, name=name, daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._ready:
             self._pending = job
             self._ready.notify()
 
+    def close(self) -> None:
+        """Drop what waits; the thread ends after the job it runs, if any."""
+        with self._ready:
+            self._closed, self._pending = True, None
+            self._ready.notify()
+
     def _serve(self) -> None:
         while True:
             with self._ready:
-                while self._pending is None:
+                while self._pending is None and not self._closed:
                     self._ready.wait()
+                if self._closed:
+                    return
                 job, self._pending = self._pending, None
             try:
                 job()

@@ -35,6 +35,9 @@ def test_latest_only_drops_what_was_superseded_while_waiting_and_survives_a_fail
     while len(ran) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert ran[-1] == "after a failure"
+    worker.close()
+    worker.thread.join(timeout=5)
+    assert not worker.thread.is_alive()
 
 
 def test_rendering_reports_what_cannot_be_typeset_instead_of_raising():
@@ -91,3 +94,13 @@ def test_the_app_freezes_what_it_loaded_once_the_first_result_is_shown(monkeypat
     app._freeze_once_loaded("x ^ { 2 }")
     app._freeze_once_loaded("x ^ { 3 }")
     assert frozen == [True]
+
+
+def test_the_panel_warms_the_typesetter_up_before_the_first_result(qtbot, monkeypatch):
+    calls = []
+    monkeypatch.setattr(results_module, "render", lambda latex: calls.append(threading.current_thread().name))
+    panel = ResultsPanel()
+    qtbot.waitUntil(lambda: calls == ["hmer-typeset"], timeout=5_000)
+    thread = panel._typesetter.thread
+    panel.deleteLater()  # the window closed: its typesetting thread ends with it
+    qtbot.waitUntil(lambda: not thread.is_alive(), timeout=5_000)

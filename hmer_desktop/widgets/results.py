@@ -64,10 +64,15 @@ class ResultsPanel(QWidget):
         # (0.7 s more the first time, importing sympy): on a thread of their own, so that
         # neither the pen nor the window waits for them while a person writes.
         self._typesetter = LatestOnly("hmer-typeset")
+        self.destroyed.connect(self._typesetter.close)
         self._wanted = ""  # the LaTeX whose rendering is awaited or shown
         self.rendered_latex: str | None = None  # the LaTeX the typeset image and reading show
         self._arrived.connect(self._show_rendering)
         self.set_latex("")
+        # Importing sympy and mathtext's first image take the typesetting thread about 0.8 s,
+        # and imports hold the interpreter: done now, while the model loads, instead of at
+        # the first result, while the person is writing.
+        self._typesetter.submit(lambda: render("x"))
 
     # --- content ----------------------------------------------------------------------
 
