@@ -343,15 +343,19 @@ def _with_outputs(hyp: Hypothesis, image: int, trace: _Trace, vocab: Vocabulary,
 
 
 # The rescoring's rows are read in groups whose ARM input stays under this many elements
-# (6 MB of fp32 coverage), each padded only to its own longest row:
+# (3 MB of fp32 coverage), each padded only to its own longest row:
 # - a whole pass over a long expression's hypotheses holds tens of megabytes of ARM
 #   intermediates, far beyond the caches: its groups take 0.80x its time (the 10 longest of
 #   the first 60 of 2014, compiled; budgets from 0.8M to 3.2M within 3% of each other), and
 #   padding each group to its own longest row 0.94x again (hypotheses differ in length by up
 #   to a quarter);
 # - a recognition asked to stop (new ink) stops between groups instead of after the whole
-#   pass (up to ~200 ms here).
-RESCORE_GROUP_ARM_ELEMENTS = 1_600_000
+#   pass (up to ~200 ms here);
+# - a compiled package holds the interpreter for the whole of its call, so a group is also
+#   how long the GUI thread may have to wait: with 1.6M, up to 67 ms on the longest
+#   expressions; with 0.8M, 37 ms, recognition taking the same time (mean 1.00x, first 200
+#   of 2014 alternating; session 32). 0.4M halved the wait again but cost 6-24% there.
+RESCORE_GROUP_ARM_ELEMENTS = 800_000
 
 
 def _rescoring_groups(model: HMER, memory: Tensor, items: list[_Found]) -> list[list[_Found]]:
