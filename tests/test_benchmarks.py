@@ -418,3 +418,16 @@ def test_live_drawing_benchmark_replays_expressions_for_each_way(tmp_path, tiny_
     missing = _run("benchmarks/live_drawing.py", "--data", str(tmp_path / "data"), "--split", "nope",
                    "--checkpoint", str(tiny_checkpoint))  # fmt: skip
     assert missing.returncode == 2 and "split 'nope' not found" in missing.stderr
+
+
+def test_gui_pauses_benchmark_times_readings_and_results(tmp_path, tiny_checkpoint):
+    for i, latex in enumerate(SYNTHETIC_EXPRESSIONS[:2]):
+        write_inkml(tmp_path / "data" / "mini" / f"e{i}.inkml", ink_for(latex), latex)
+    out = tmp_path / "pauses.json"
+    done = _run("benchmarks/gui_pauses.py", "--data", str(tmp_path / "data"), "--split", "mini", "--limit", "2",
+                "--longest", "1", "--checkpoint", str(tiny_checkpoint), "--beam", "3", "--wait-compiled", "0",
+                "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert len(report["readings"]["expressions"]) == 1 and report["results"]["n"] == 2
+    assert 0 < report["readings"]["max_ms"] < 10_000 and 0 < report["results"]["max_ms"] < 10_000
