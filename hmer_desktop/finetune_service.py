@@ -17,6 +17,7 @@ from train.samples import SampleStore
 
 T = TypeVar("T")
 
+
 def cpu_count() -> int:
     """The CPUs this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -165,7 +165,8 @@ class AttentionRefinementModule(nn.Module):
         if dtype is None or self.training or dtype == coverage.dtype:
             return self.conv(coverage)
         bias = self.conv.bias.to(dtype) if self.conv.bias is not None else None
-        return F.conv2d(coverage.to(dtype), self.conv.weight.to(dtype), bias, padding=self.conv.padding).to(coverage.dtype)
+        out = F.conv2d(coverage.to(dtype), self.conv.weight.to(dtype), bias, padding=self.conv.padding)
+        return out.to(coverage.dtype)
 
     def _refine(self, coverage: Tensor, mask: Tensor | None) -> Tensor:
         cov = F.relu(self._convolve(coverage), inplace=True)  # [n, dc, h, w]
