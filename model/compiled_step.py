@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.package_library import LibraryUnavailable, PackageLibrary
+
 if TYPE_CHECKING:
     from model.decoder import Decoder, DecoderState
 
@@ -369,7 +371,13 @@ class _Runner:
         self._call = getattr(loader, "boxed_run", None) or loader.run
 
     @classmethod
-    def open(cls, path: Path) -> _Runner:
+    def open(cls, path: Path) -> _Runner | PackageLibrary:
+        """The package's model, called without Python's interpreter where this torch and
+        package allow (`PackageLibrary`), else through torch's loader, which holds it."""
+        try:
+            return PackageLibrary(path)
+        except LibraryUnavailable as e:
+            log.info("calling %s through torch's loader: %s", path.name, e)
         try:
             loader = torch._C._aoti.AOTIModelPackageLoader(str(path), *_LOADER_ARGS)
         except (AttributeError, TypeError):  # another torch's loader: its own wrapper opens it

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from model.compiled_step import CompiledStep, package_key
+from model.package_library import LibraryUnavailable, PackageLibrary
 from model.recognizer import Recognizer
 from tests.conftest import SYNTHETIC_EXPRESSIONS
 from tests.synthetic_ink import ink_for
@@ -149,12 +150,79 @@ def test_a_torch_whose_loader_differs_opens_the_packages_through_its_wrapper(
     import model.compiled_step as compiled_step
 
     monkeypatch.setattr(compiled_step, "_LOADER_ARGS", ("model",))  # arguments this loader refuses
+    monkeypatch.setattr(compiled_step, "PackageLibrary", _unavailable)  # and no C interface to call
     with pytest.raises(TypeError):
         torch._C._aoti.AOTIModelPackageLoader(str(next(compiled_dir.glob("step-*.pt2"))), "model")
     eager, fast = _pair(tiny_checkpoint, compiled_dir)
     strokes = ink_for(SYNTHETIC_EXPRESSIONS[1])
     _same(eager.recognize(strokes, 5), fast.recognize(strokes, 5))
     assert fast.model.decoder.compiled_step is not None and fast.model.decoder.compiled_forward is not None
+
+
+def _unavailable(path):
+    raise LibraryUnavailable("simulated: an older torch")
+
+
+def test_the_packages_are_called_without_the_interpreter_where_torch_allows(tiny_checkpoint, compiled_dir):
+    # torch's loader holds Python's interpreter for a whole call; so, while the app read a long
+    # expression, its GUI thread stalled for up to 37 ms (session 32). Another thread must run
+    # while a package computes. With a switch interval longer than the test, the interpreter
+    # changes threads only where one lets go of it, so a call that held it would show as one
+    # gap between a ticking thread's ticks as long as the call.
+    import sys
+    import threading
+    import time
+
+    _, fast = _pair(tiny_checkpoint, compiled_dir)
+    forced = fast.model.decoder.compiled_forward
+    assert isinstance(forced._package, PackageLibrary)
+    d = fast.model.decoder.norm.normalized_shape[0]
+    inputs = (torch.randn(1, 16, 64, d), torch.zeros(1, 16, 64, dtype=torch.bool),
+              torch.randint(4, len(fast.vocab), (32, 40)), forced._scalars)  # fmt: skip
+    ticks, calls, done = [], [], threading.Event()
+
+    def tick() -> None:
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.0005)  # lets go of the interpreter, as the GUI thread's event loop does
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(60.0)
+    ticker = threading.Thread(target=tick)
+    try:
+        ticker.start()
+        time.sleep(0.01)
+        for _ in range(4):
+            start = time.perf_counter()
+            forced._package(*inputs)
+            calls.append(time.perf_counter() - start)
+    finally:
+        done.set()
+        ticker.join()
+        sys.setswitchinterval(interval)
+    longest_gap = max(b - a for a, b in zip(ticks, ticks[1:]))
+    assert min(calls) > 0.02  # long enough to tell a held interpreter from the scheduler's noise
+    assert longest_gap < 0.25 * min(calls), f"ticks stopped for {longest_gap * 1000:.0f} ms of a {min(calls) * 1000:.0f} ms call"
+
+
+def test_without_the_c_interface_the_packages_open_through_the_loader(tiny_checkpoint, compiled_dir, monkeypatch):
+    import model.compiled_step as compiled_step
+    from model import package_library
+
+    # a model library older than the interface used (a function it lacks)
+    monkeypatch.setitem(package_library._SIGNATURES, "AOTInductorModelContainerNotInThisTorch", [])
+    with pytest.raises(LibraryUnavailable, match="lacks AOTInductorModelContainerNotInThisTorch"):
+        PackageLibrary(next(compiled_dir.glob("step-*.pt2")))
+    eager, fast = _pair(tiny_checkpoint, compiled_dir)
+    assert isinstance(fast.model.decoder.compiled_step._package, compiled_step._Runner)
+    strokes = ink_for(SYNTHETIC_EXPRESSIONS[1])
+    _same(eager.recognize(strokes, 5), fast.recognize(strokes, 5))
+
+
+def test_the_model_library_refuses_weights_it_does_not_have(compiled_dir):
+    library = PackageLibrary(next(compiled_dir.glob("step-*.pt2")))
+    with pytest.raises(KeyError, match="no weights named"):
+        library.load_constants({"body.dec.not_a_weight": torch.zeros(3)})
 
 
 def test_the_compiled_step_follows_weights_changed_in_place(tiny_checkpoint, compiled_dir):
