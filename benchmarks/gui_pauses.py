@@ -5,8 +5,9 @@ is what a person would feel as a stall of the pen or the window:
 
 * **readings**: the app's recognition service (its worker thread, and the compiled decoder
   where its packages are compiled, as the app starts it) reads the `--longest` longest
-  expressions of the split with the beam search. A compiled call holds Python's
-  interpreter for all of its duration, so the GUI waits for the longest one.
+  expressions of the split with the beam search. Compiled calls let go of Python's
+  interpreter where torch allows (`model/package_library.py`); through torch's loader
+  one holds it for all of its duration, and the GUI waits for the longest.
 * **results**: a results panel shows the truth of `--limit` expressions one after another
   (typeset and read by sympy on its own thread), and the app's garbage-collector freeze
   follows the first one, as in the app.

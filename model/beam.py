@@ -351,8 +351,9 @@ def _with_outputs(hyp: Hypothesis, image: int, trace: _Trace, vocab: Vocabulary,
 #   to a quarter);
 # - a recognition asked to stop (new ink) stops between groups instead of after the whole
 #   pass (up to ~200 ms here);
-# - a compiled package holds the interpreter for the whole of its call, so a group is also
-#   how long the GUI thread may have to wait: with 1.6M, up to 67 ms on the longest
+# - where torch's loader calls a compiled package (a torch without the model library's C
+#   interface, `model/package_library.py`), it holds the interpreter for the whole call, so
+#   a group is also how long the GUI thread may wait: with 1.6M, up to 67 ms on the longest
 #   expressions; with 0.8M, 37 ms, recognition taking the same time (mean 1.00x, first 200
 #   of 2014 alternating; session 32). 0.4M halved the wait again but cost 6-24% there.
 RESCORE_GROUP_ARM_ELEMENTS = 800_000
