@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.package_library import LibraryUnavailable, PackageLibrary
+from model.package_library import EXTRACTED_PREFIX, LibraryUnavailable, PackageLibrary
 
 if TYPE_CHECKING:
     from model.decoder import Decoder, DecoderState
@@ -336,11 +336,13 @@ def _compile(
 
 def remove_stale_partials(folder: Path, max_age_s: float = 3600.0) -> list[Path]:
     """Delete what compiles cut short left behind (the app quit while compiling in the
-    background, whose thread then never reaches its cleanup). A partial file younger than
-    `max_age_s` may be another app's compile under way and is kept."""
+    background, whose thread then never reaches its cleanup), and model libraries extracted
+    to be loaded and never removed (a crash between the two; Windows keeps a loaded
+    library's file). A file younger than `max_age_s` may be another app's, in use, and is kept."""
     removed = []
     now = time.time()
-    for partial in folder.glob(f"{PARTIAL_PREFIX}*.pt2"):
+    leftovers = [*folder.glob(f"{PARTIAL_PREFIX}*.pt2"), *folder.glob(f"{EXTRACTED_PREFIX}*")]  # cut short too
+    for partial in leftovers:
         with contextlib.suppress(OSError):
             if now - partial.stat().st_mtime > max_age_s:
                 partial.unlink()

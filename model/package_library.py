@@ -81,22 +81,35 @@ def _take_handles(handles: list[int]) -> list[Tensor]:
     return torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs([_new_capsule(h, None, None) for h in handles])
 
 
+EXTRACTED_PREFIX = "extracted-"  # a model library being loaded; removed once loaded
+
+
 def _load_library(package: Path) -> ctypes.CDLL:
-    """Extract the package's model library and load it. The extracted file is removed at once
-    where the platform allows (the loaded library stays mapped)."""
+    """Extract the package's model library beside the package and load it; the file is
+    removed once loaded (the library stays mapped), where the platform allows. Beside the
+    package, not in the temporary folder, which may forbid running code (noexec); that
+    folder is the fallback where the package's own is read-only."""
     with zipfile.ZipFile(package) as archive:
         members = [n for n in archive.namelist() if n.endswith(_SUFFIXES)]
         if len(members) != 1:
             raise LibraryUnavailable(f"{package}: {len(members)} model libraries in the package, not one")
-        folder = tempfile.mkdtemp(prefix="hmer-package-")
-        path = Path(folder) / Path(members[0]).name
-        path.write_bytes(archive.read(members[0]))
-    try:
-        return ctypes.CDLL(str(path))
-    finally:
-        with contextlib.suppress(OSError):  # Windows keeps a loaded library's file: the temp folder keeps it
-            os.unlink(path)
-            os.rmdir(folder)
+        data = archive.read(members[0])
+    suffix = Path(members[0]).suffix
+    errors = []
+    for folder in (package.parent, None):
+        path = None
+        try:
+            fd, path = tempfile.mkstemp(prefix=EXTRACTED_PREFIX, suffix=suffix, dir=folder)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            return ctypes.CDLL(path)
+        except OSError as e:  # a full or read-only disk, a folder mounted noexec
+            errors.append(f"{folder or tempfile.gettempdir()}: {e}")
+        finally:
+            if path is not None:
+                with contextlib.suppress(OSError):  # Windows keeps a loaded library's file
+                    os.unlink(path)
+    raise LibraryUnavailable(f"{package}: the model library cannot be loaded ({'; '.join(errors)})")
 
 
 class PackageLibrary:
@@ -109,7 +122,7 @@ class PackageLibrary:
             raise LibraryUnavailable(f"torch {torch.__version__} cannot hand tensors to a model library")
         try:
             self._lib = _load_library(Path(package))
-        except (OSError, zipfile.BadZipFile) as e:
+        except (OSError, zipfile.BadZipFile) as e:  # not a package, or unreadable
             raise LibraryUnavailable(f"{package}: the model library cannot be loaded: {e}") from e
         self._fn = {}
         for name, argtypes in _SIGNATURES.items():
@@ -122,7 +135,8 @@ class PackageLibrary:
         handle = _Handle()
         self._check("CreateWithDevice", ctypes.byref(handle), 1, b"cpu", None)
         self._handle = handle
-        weakref.finalize(self, self._fn["AOTInductorModelContainerDelete"], handle)
+        # Not at exit: a daemon thread may still be inside a call, and the process's end frees it all.
+        weakref.finalize(self, self._fn["AOTInductorModelContainerDelete"], handle).atexit = False
         count = _Size()
         self._check("GetNumOutputs", handle, ctypes.byref(count))
         self._outputs = count.value

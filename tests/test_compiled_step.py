@@ -219,6 +219,26 @@ def test_without_the_c_interface_the_packages_open_through_the_loader(tiny_check
     _same(eager.recognize(strokes, 5), fast.recognize(strokes, 5))
 
 
+def test_the_model_library_is_loaded_without_leaving_files(compiled_dir, tmp_path, monkeypatch):
+    import tempfile
+
+    package = tmp_path / "step.pt2"
+    package.write_bytes(next(compiled_dir.glob("step-*.pt2")).read_bytes())
+    PackageLibrary(package)
+    assert [p.name for p in tmp_path.iterdir()] == ["step.pt2"]  # extracted beside it, loaded, removed
+    # a packages' folder that refuses files (full, read-only): the temporary folder serves
+    make_file = tempfile.mkstemp
+
+    def refuse_beside_the_package(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == tmp_path:
+            raise OSError(28, "No space left on device")
+        return make_file(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse_beside_the_package)
+    library = PackageLibrary(package)
+    assert len(library.get_constant_fqns()) > 10
+
+
 def test_the_model_library_refuses_weights_it_does_not_have(compiled_dir):
     library = PackageLibrary(next(compiled_dir.glob("step-*.pt2")))
     with pytest.raises(KeyError, match="no weights named"):
@@ -254,11 +274,14 @@ def test_what_an_interrupted_compile_left_is_removed_but_not_a_compile_under_way
     import time
 
     old, fresh = tmp_path / "partial-abc.pt2", tmp_path / "partial-def.pt2"
-    for partial in (old, fresh):
+    old_library, fresh_library = tmp_path / "extracted-abc.so", tmp_path / "extracted-def.so"
+    for partial in (old, fresh, old_library, fresh_library):
         partial.write_bytes(b"half a package")
-    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    for partial in (old, old_library):
+        os.utime(partial, (time.time() - 7200, time.time() - 7200))
     Recognizer.load(tiny_checkpoint, device="cpu").use_compiled_step(tmp_path)
     assert not old.exists() and fresh.exists()
+    assert not old_library.exists() and fresh_library.exists()
 
 
 def test_a_cache_folder_that_cannot_be_written_leaves_the_eager_step(tiny_checkpoint, tmp_path):
