@@ -49,10 +49,10 @@ def test_rendering_reports_what_cannot_be_typeset_instead_of_raising():
 def test_a_slow_rendering_never_blocks_the_gui_and_only_the_newest_latex_is_shown(qtbot, monkeypatch):
     threads = []
 
-    def slow_render(latex):  # as sympy's simplify of a long expression (up to half a second)
+    def slow_render(latex, read):  # as sympy's simplify of a long expression (up to half a second)
         threads.append(threading.current_thread().name)
         time.sleep(0.3)
-        return render(latex)
+        return render(latex, read)
 
     monkeypatch.setattr(results_module, "render", slow_render)
     panel = ResultsPanel()
@@ -103,9 +103,31 @@ def test_the_app_freezes_what_it_loaded_once_the_first_result_is_shown(monkeypat
 
 def test_the_panel_warms_the_typesetter_up_before_the_first_result(qtbot, monkeypatch):
     calls = []
-    monkeypatch.setattr(results_module, "render", lambda latex: calls.append(threading.current_thread().name))
+
+    def warm_up(latex, read):
+        calls.append((threading.current_thread().name, read(latex).ok))
+
+    monkeypatch.setattr(results_module, "render", warm_up)
     panel = ResultsPanel()
-    qtbot.waitUntil(lambda: calls == ["hmer-typeset"], timeout=5_000)
-    thread = panel._typesetter.thread
-    panel.deleteLater()  # the window closed: its typesetting thread ends with it
-    qtbot.waitUntil(lambda: not thread.is_alive(), timeout=5_000)
+    qtbot.waitUntil(lambda: calls == [("hmer-typeset", True)], timeout=30_000)  # sympy's process started
+    thread, process = panel._typesetter.thread, panel._reader._process
+    assert process.is_alive()
+    panel.deleteLater()  # the window closed: its typesetting thread and sympy's process end with it
+    qtbot.waitUntil(lambda: not thread.is_alive() and not process.is_alive(), timeout=5_000)
+
+
+def test_after_a_reading_sympy_cannot_finish_the_next_results_are_still_read(qtbot):
+    # sympy evaluates 9^(9^9), an integer of 370 million digits, without end: in the
+    # typesetting thread that reading never returned, and no result was shown again
+    panel = ResultsPanel()
+    qtbot.addWidget(panel)
+    panel._reader.time_limit_s = 1.0
+    start = time.monotonic()
+    panel.set_latex("9 ^ { 9 ^ { 9 } }")
+    qtbot.waitUntil(lambda: panel.rendered_latex == "9 ^ { 9 ^ { 9 } }", timeout=30_000)
+    assert "could not read this within 1 s" in panel.math.text()
+    assert panel.copy_image.isEnabled() and not panel.copy_mathml.isEnabled()  # typeset, not read
+    panel.set_latex("1 + 2 \\times 3")
+    qtbot.waitUntil(lambda: panel.rendered_latex == "1 + 2 \\times 3", timeout=30_000)
+    assert panel.math.text().endswith("value: 7") and panel.copy_mathml.isEnabled()
+    assert time.monotonic() - start < 20

@@ -8,6 +8,7 @@ from PySide6.QtGui import QGuiApplication, QImage, QPixmap
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
                                QVBoxLayout, QWidget)  # fmt: skip
 
+from hmer_desktop.math_reader import MathReader
 from hmer_desktop.mathinfo import LatestOnly, MathReading, Rendering, render
 from model.prediction import Prediction
 
@@ -60,19 +61,22 @@ class ResultsPanel(QWidget):
         layout.addWidget(self.math)
         self._png: bytes | None = None
         self._reading: MathReading | None = None
-        # Typesetting and sympy's reading take 35 ms at the median and up to half a second
-        # (0.7 s more the first time, importing sympy): on a thread of their own, so that
-        # neither the pen nor the window waits for them while a person writes.
+        # Typesetting and sympy's reading take 35 ms at the median and up to half a second:
+        # on a thread of their own, so that neither the pen nor the window waits for them
+        # while a person writes. sympy reads in a process of its own, which is stopped
+        # where a reading has no end (`9^{9^{9}}`).
         self._typesetter = LatestOnly("hmer-typeset")
+        self._reader = MathReader()
         self.destroyed.connect(self._typesetter.close)
+        self.destroyed.connect(self._reader.close)
         self._wanted = ""  # the LaTeX whose rendering is awaited or shown
         self.rendered_latex: str | None = None  # the LaTeX the typeset image and reading show
         self._arrived.connect(self._show_rendering)
         self.set_latex("")
-        # Importing sympy and mathtext's first image take the typesetting thread about 0.8 s,
-        # and imports hold the interpreter: done now, while the model loads, instead of at
-        # the first result, while the person is writing.
-        self._typesetter.submit(lambda: render("x"))
+        # Starting sympy's process and mathtext's first image take about a second, and
+        # imports hold the interpreter: done now, while the model loads, instead of at the
+        # first result, while the person is writing.
+        self._typesetter.submit(lambda: render("x", self._reader.read))
 
     # --- content ----------------------------------------------------------------------
 
@@ -119,7 +123,7 @@ class ResultsPanel(QWidget):
         """On the typesetting thread."""
         if latex != self._wanted:  # superseded while waiting
             return
-        rendering = render(latex)
+        rendering = render(latex, self._reader.read)
         try:
             self._arrived.emit(rendering)
         except RuntimeError:  # the panel was deleted meanwhile (the window closed)
