@@ -68,10 +68,11 @@ _gc_frozen = False  # gc.get_freeze_count() walks every frozen object: 16-27 ms 
 
 def _freeze_once_loaded(latex: str) -> None:
     """Once the first result is shown, everything long-lived is loaded (torch, the model,
-    Qt, sympy, matplotlib): some 330,000 objects that every full garbage collection walks.
-    sympy's work for each result triggers such collections, which pause every thread, the
+    Qt, matplotlib): hundreds of thousands of objects that every full garbage collection
+    walks. Each result's work triggers such collections, which pause every thread, the
     GUI's too, up to 190 ms. Frozen, those objects are skipped: the GUI's longest pause
-    while 20 results were shown went from 187 to 25 ms (model card, session 32)."""
+    while 20 results were shown went from 187 to 25 ms (model card, session 32, when sympy
+    still read in this process)."""
     import gc
 
     global _gc_frozen
