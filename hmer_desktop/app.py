@@ -127,6 +127,11 @@ def _smoke_test(app, window, ink: Path, screenshot: str | None, timeout: float) 
     else:
         prediction = outcome["prediction"]
         _wait_for_rendering(window, prediction.latex, timeout)
+        # sympy's parser loads its parts by name, which a packaged app may lack (it did)
+        check = window.results.math_reader.read("1 + 2")
+        if check.value != "3":
+            print(f"hmer-desktop: sympy cannot read '1 + 2' here: {check.error or check}", file=sys.stderr)
+            code = 1
         if prediction.tokens:
             window.attention.select(int(prediction.token_probs.argmin()))  # the likeliest to need a fix
         for _ in range(3):  # new widgets take more than one round of layout requests to settle

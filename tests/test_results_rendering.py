@@ -110,7 +110,7 @@ def test_the_panel_warms_the_typesetter_up_before_the_first_result(qtbot, monkey
     monkeypatch.setattr(results_module, "render", warm_up)
     panel = ResultsPanel()
     qtbot.waitUntil(lambda: calls == [("hmer-typeset", True)], timeout=30_000)  # sympy's process started
-    thread, process = panel._typesetter.thread, panel._reader._process
+    thread, process = panel._typesetter.thread, panel.math_reader._process
     assert process.is_alive()
     panel.deleteLater()  # the window closed: its typesetting thread and sympy's process end with it
     qtbot.waitUntil(lambda: not thread.is_alive() and not process.is_alive(), timeout=5_000)
@@ -121,7 +121,7 @@ def test_after_a_reading_sympy_cannot_finish_the_next_results_are_still_read(qtb
     # typesetting thread that reading never returned, and no result was shown again
     panel = ResultsPanel()
     qtbot.addWidget(panel)
-    panel._reader.time_limit_s = 1.0
+    panel.math_reader.time_limit_s = 1.0
     start = time.monotonic()
     panel.set_latex("9 ^ { 9 ^ { 9 } }")
     qtbot.waitUntil(lambda: panel.rendered_latex == "9 ^ { 9 ^ { 9 } }", timeout=30_000)

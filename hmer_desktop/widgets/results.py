@@ -66,9 +66,9 @@ class ResultsPanel(QWidget):
         # while a person writes. sympy reads in a process of its own, which is stopped
         # where a reading has no end (`9^{9^{9}}`).
         self._typesetter = LatestOnly("hmer-typeset")
-        self._reader = MathReader()
+        self.math_reader = MathReader()
         self.destroyed.connect(self._typesetter.close)
-        self.destroyed.connect(self._reader.close)
+        self.destroyed.connect(self.math_reader.close)
         self._wanted = ""  # the LaTeX whose rendering is awaited or shown
         self.rendered_latex: str | None = None  # the LaTeX the typeset image and reading show
         self._arrived.connect(self._show_rendering)
@@ -76,7 +76,7 @@ class ResultsPanel(QWidget):
         # Starting sympy's process and mathtext's first image take about a second, and
         # imports hold the interpreter: done now, while the model loads, instead of at the
         # first result, while the person is writing.
-        self._typesetter.submit(lambda: render("x", self._reader.read))
+        self._typesetter.submit(lambda: render("x", self.math_reader.read))
 
     # --- content ----------------------------------------------------------------------
 
@@ -123,7 +123,7 @@ class ResultsPanel(QWidget):
         """On the typesetting thread."""
         if latex != self._wanted:  # superseded while waiting
             return
-        rendering = render(latex, self._reader.read)
+        rendering = render(latex, self.math_reader.read)
         try:
             self._arrived.emit(rendering)
         except RuntimeError:  # the panel was deleted meanwhile (the window closed)
