@@ -75,8 +75,8 @@ class MathReader:
         if self._conn is not None and self._process.is_alive():
             return self._conn
         self._stop()
-        try:
-            context = multiprocessing.get_context("spawn")  # never fork a process that runs Qt and torch threads
+        try:  # spawn: never fork a process that runs Qt and torch threads
+            context = multiprocessing.get_context("spawn")
             parent, child = context.Pipe()
             process = context.Process(target=_serve, args=(child,), name="hmer-sympy", daemon=True)
             process.start()

@@ -38,20 +38,22 @@ class _ConstantEntry(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("handle", _Handle)]
 
 
-# Each C function used, with its argument types after the container handle: ctypes would
-# otherwise pass Python ints as 32-bit C ints, which a `size_t` parameter reads as garbage.
+# Each C function used, with its argument types: ctypes would otherwise pass Python ints as
+# 32-bit C ints, which a `size_t` parameter reads as garbage.
 _SIGNATURES: dict[str, list] = {
     "AOTInductorModelContainerCreateWithDevice": [ctypes.POINTER(_Handle), _Size, ctypes.c_char_p, ctypes.c_char_p],
     "AOTInductorModelContainerDelete": [_Handle],
-    "AOTInductorModelContainerRun": [_Handle, ctypes.POINTER(_Handle), _Size, ctypes.POINTER(_Handle), _Size,
-                                     _Handle, _Handle],  # fmt: skip
+    "AOTInductorModelContainerRun": [
+        _Handle, ctypes.POINTER(_Handle), _Size, ctypes.POINTER(_Handle), _Size, _Handle, _Handle
+    ],
     "AOTInductorModelContainerGetNumOutputs": [_Handle, ctypes.POINTER(_Size)],
     "AOTInductorModelContainerGetNumConstants": [_Handle, ctypes.POINTER(_Size)],
     "AOTInductorModelContainerGetConstantName": [_Handle, _Size, _Name],
     "AOTInductorModelContainerGetConstantOriginalFQN": [_Handle, _Size, _Name],
     "AOTInductorModelContainerGetConstantFromFolded": [_Handle, _Size, ctypes.POINTER(ctypes.c_bool)],
-    "AOTInductorModelContainerUpdateConstantBufferPairs": [_Handle, ctypes.POINTER(_ConstantEntry), _Size,
-                                                           ctypes.c_bool, ctypes.c_bool],  # fmt: skip
+    "AOTInductorModelContainerUpdateConstantBufferPairs": [
+        _Handle, ctypes.POINTER(_ConstantEntry), _Size, ctypes.c_bool, ctypes.c_bool
+    ],
 }
 
 

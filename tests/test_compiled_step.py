@@ -169,6 +169,7 @@ def test_the_packages_are_called_without_the_interpreter_where_torch_allows(tiny
     # while a package computes. With a switch interval longer than the test, the interpreter
     # changes threads only where one lets go of it, so a call that held it would show as one
     # gap between a ticking thread's ticks as long as the call.
+    import itertools
     import sys
     import threading
     import time
@@ -200,7 +201,7 @@ def test_the_packages_are_called_without_the_interpreter_where_torch_allows(tiny
         done.set()
         ticker.join()
         sys.setswitchinterval(interval)
-    longest_gap = max(b - a for a, b in zip(ticks, ticks[1:]))
+    longest_gap = max(b - a for a, b in itertools.pairwise(ticks))
     assert min(calls) > 0.02  # long enough to tell a held interpreter from the scheduler's noise
     assert longest_gap < 0.25 * min(calls), f"ticks stopped for {longest_gap * 1000:.0f} ms of a {min(calls) * 1000:.0f} ms call"
 
