@@ -113,3 +113,18 @@ class MathReader:
                 self._stop()
             finally:
                 self._lock.release()
+
+
+_shared: MathReader | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_reader() -> MathReader:
+    """The process's one reader, made on first use: each reader holds a child process of
+    about 90 MB, and the app needs one whatever the number of panels (a test suite makes
+    dozens). Its child ends with the app (a daemon process)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared._closed:
+            _shared = MathReader()
+        return _shared

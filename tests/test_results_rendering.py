@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from hmer_desktop.math_reader import MathReader, shared_reader
 from hmer_desktop.mathinfo import LatestOnly, render
 
 pytest.importorskip("pytestqt")
@@ -108,20 +109,29 @@ def test_the_panel_warms_the_typesetter_up_before_the_first_result(qtbot, monkey
         calls.append((threading.current_thread().name, read(latex).ok))
 
     monkeypatch.setattr(results_module, "render", warm_up)
-    panel = ResultsPanel()
-    qtbot.waitUntil(lambda: calls == [("hmer-typeset", True)], timeout=30_000)  # sympy's process started
-    thread, process = panel._typesetter.thread, panel.math_reader._process
-    assert process.is_alive()
-    panel.deleteLater()  # the window closed: its typesetting thread and sympy's process end with it
-    qtbot.waitUntil(lambda: not thread.is_alive() and not process.is_alive(), timeout=5_000)
+    reader = MathReader()
+    panel = ResultsPanel(math_reader=reader)
+    qtbot.waitUntil(lambda: calls == [("hmer-typeset", True)], timeout=60_000)  # sympy's process started
+    assert reader._process.is_alive()
+    thread = panel._typesetter.thread
+    panel.deleteLater()  # the window closed: its typesetting thread ends with it
+    qtbot.waitUntil(lambda: not thread.is_alive(), timeout=5_000)
+    reader.close()
+
+
+def test_panels_share_one_sympy_process(qtbot):
+    # a child of about 90 MB each: one for the app, whatever the number of panels
+    first, second = ResultsPanel(), ResultsPanel()
+    qtbot.addWidget(first)
+    qtbot.addWidget(second)
+    assert first.math_reader is second.math_reader is shared_reader()
 
 
 def test_after_a_reading_sympy_cannot_finish_the_next_results_are_still_read(qtbot):
     # sympy evaluates 9^(9^9), an integer of 370 million digits, without end: in the
     # typesetting thread that reading never returned, and no result was shown again
-    panel = ResultsPanel()
+    panel = ResultsPanel(math_reader=MathReader(time_limit_s=1.0))
     qtbot.addWidget(panel)
-    panel.math_reader.time_limit_s = 1.0
     start = time.monotonic()
     panel.set_latex("9 ^ { 9 ^ { 9 } }")
     qtbot.waitUntil(lambda: panel.rendered_latex == "9 ^ { 9 ^ { 9 } }", timeout=30_000)
@@ -131,3 +141,4 @@ def test_after_a_reading_sympy_cannot_finish_the_next_results_are_still_read(qtb
     qtbot.waitUntil(lambda: panel.rendered_latex == "1 + 2 \\times 3", timeout=30_000)
     assert panel.math.text().endswith("value: 7") and panel.copy_mathml.isEnabled()
     assert time.monotonic() - start < 20
+    panel.math_reader.close()

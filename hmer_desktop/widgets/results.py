@@ -8,7 +8,7 @@ from PySide6.QtGui import QGuiApplication, QImage, QPixmap
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
                                QVBoxLayout, QWidget)  # fmt: skip
 
-from hmer_desktop.math_reader import MathReader
+from hmer_desktop.math_reader import MathReader, shared_reader
 from hmer_desktop.mathinfo import LatestOnly, MathReading, Rendering, render
 from model.prediction import Prediction
 
@@ -19,7 +19,8 @@ class ResultsPanel(QWidget):
     rendered = Signal(str)  # the LaTeX whose typeset image and sympy reading are now shown
     _arrived = Signal(object)  # a Rendering, from the typesetting thread
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, math_reader: MathReader | None = None) -> None:
+        """`math_reader`: sympy's reader; by default the process's shared one."""
         super().__init__(parent)
         self.typeset = QLabel("Draw an expression on the canvas.")
         self.typeset.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -66,9 +67,8 @@ class ResultsPanel(QWidget):
         # while a person writes. sympy reads in a process of its own, which is stopped
         # where a reading has no end (`9^{9^{9}}`).
         self._typesetter = LatestOnly("hmer-typeset")
-        self.math_reader = MathReader()
+        self.math_reader = math_reader or shared_reader()
         self.destroyed.connect(self._typesetter.close)
-        self.destroyed.connect(self.math_reader.close)
         self._wanted = ""  # the LaTeX whose rendering is awaited or shown
         self.rendered_latex: str | None = None  # the LaTeX the typeset image and reading show
         self._arrived.connect(self._show_rendering)
