@@ -373,13 +373,7 @@ class _Runner:
         self._call = getattr(loader, "boxed_run", None) or loader.run
 
     @classmethod
-    def open(cls, path: Path) -> _Runner | PackageLibrary:
-        """The package's model, called without Python's interpreter where this torch and
-        package allow (`PackageLibrary`), else through torch's loader, which holds it."""
-        try:
-            return PackageLibrary(path)
-        except LibraryUnavailable as e:
-            log.info("calling %s through torch's loader: %s", path.name, e)
+    def open(cls, path: Path) -> _Runner:
         try:
             loader = torch._C._aoti.AOTIModelPackageLoader(str(path), *_LOADER_ARGS)
         except (AttributeError, TypeError):  # another torch's loader: its own wrapper opens it
@@ -396,6 +390,16 @@ class _Runner:
 
     def load_constants(self, constants: dict[str, Tensor]) -> None:
         self._loader.load_constants(constants, False, False)  # into the active buffer; a partial update
+
+
+def _open_package(path: Path) -> PackageLibrary | _Runner:
+    """The package's model, called without Python's interpreter where this torch and package
+    allow (`PackageLibrary`), else through torch's loader, which holds it for each call."""
+    try:
+        return PackageLibrary(path)
+    except LibraryUnavailable as e:
+        log.info("calling %s through torch's loader: %s", path.name, e)
+        return _Runner.open(path)
 
 
 class _Package:
@@ -416,7 +420,7 @@ class _Package:
         """Load a package compiled for a decoder of the same shape, with the ARM's convolution in
         `conv_dtype`. Raises `CompileUnavailable` when it cannot be loaded or does not fit."""
         try:
-            return cls(_Runner.open(Path(path)), decoder, conv_dtype)
+            return cls(_open_package(Path(path)), decoder, conv_dtype)
         except Exception as e:
             raise CompileUnavailable(f"{path}: not a usable compiled package ({type(e).__name__}: {e})") from e
 
