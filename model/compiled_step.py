@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import io
 import logging
 import os
 import platform
@@ -260,20 +261,17 @@ def _example(decoder: Decoder) -> tuple[Tensor, ...]:
             _scalars(decoder, _scalar_names(decoder)))  # fmt: skip
 
 
-def compile_step(decoder: Decoder, path: str | Path, conv_dtype: torch.dtype | None) -> Path:
-    """Export and compile `decoder`'s step, with its ARM's convolution in `conv_dtype`
-    (`AttentionRefinementModule.conv_dtype`), into a package at `path` (written whole or not
-    at all). Raises `CompileUnavailable` with the reason when it cannot."""
+def _step_spec() -> tuple[type[nn.Module], Any, Any]:
+    """The step's graph, example inputs and symbolic sizes."""
     Dim = torch.export.Dim
     n, rows = Dim("rows", min=1, max=MAX_ROWS), Dim("parents", min=1, max=MAX_ROWS)
     cap, h, w = Dim("cache", min=2, max=MAX_CACHE), Dim("h", min=1, max=MAX_GRID[0]), Dim("w", min=1, max=MAX_GRID[1])
     dynamic = ({0: n}, None, {0: n, 4: cap}, {0: rows, 4: h, 5: w}, {0: n}, {3: h, 4: w}, {2: h, 3: w}, None)
-    return _compile(decoder, _StepGraph, _example, dynamic, path, conv_dtype)
+    return _StepGraph, _example, dynamic
 
 
-def compile_forward(decoder: Decoder, path: str | Path, conv_dtype: torch.dtype | None) -> Path:
-    """Export and compile `decoder`'s teacher-forced pass on one image (`_ForcedBody`) into a
-    package at `path`, likewise."""
+def _forward_spec() -> tuple[type[nn.Module], Any, Any]:
+    """The teacher-forced pass's on one image (`_ForcedBody`), likewise."""
     Dim = torch.export.Dim
     b, t = Dim("sequences", min=1, max=MAX_ROWS), Dim("length", min=2, max=MAX_CACHE)
     h, w = Dim("h", min=1, max=MAX_GRID[0]), Dim("w", min=1, max=MAX_GRID[1])
@@ -285,32 +283,35 @@ def compile_forward(decoder: Decoder, path: str | Path, conv_dtype: torch.dtype 
         return (torch.zeros(1, 5, 12, d), torch.zeros(1, 5, 12, dtype=torch.bool), tokens,
                 _scalars(dec, _scalar_names(dec)))  # fmt: skip
 
-    return _compile(decoder, _ForcedGraph, example, dynamic, path, conv_dtype)
+    return _ForcedGraph, example, dynamic
 
 
-def _compile(
-    decoder: Decoder, graph: type[nn.Module], example: Any, dynamic: Any, path: str | Path, conv_dtype: torch.dtype | None
-) -> Path:
+_SPECS = {"step": _step_spec, "forward": _forward_spec}
+
+
+def compile_step(decoder: Decoder, path: str | Path, conv_dtype: torch.dtype | None) -> Path:
+    """Export and compile `decoder`'s step, with its ARM's convolution in `conv_dtype`
+    (`AttentionRefinementModule.conv_dtype`), into a package at `path` (written whole or not
+    at all), in a process of its own. Raises `CompileUnavailable` with the reason when it cannot."""
+    return _compile(decoder, "step", path, conv_dtype)
+
+
+def compile_forward(decoder: Decoder, path: str | Path, conv_dtype: torch.dtype | None) -> Path:
+    """Export and compile `decoder`'s teacher-forced pass on one image into a package at
+    `path`, likewise."""
+    return _compile(decoder, "forward", path, conv_dtype)
+
+
+def _compile(decoder: Decoder, kind: str, path: str | Path, conv_dtype: torch.dtype | None) -> Path:
     if decoder.arm is None or len(decoder.layers) < 2:
         raise CompileUnavailable("only decoders with the ARM and at least two layers are compiled")
-    if getattr(sys, "frozen", False):  # inductor starts `sys.executable` workers: that would be the app itself
+    if getattr(sys, "frozen", False):  # the compiler starts `sys.executable`: that would be the app itself
         raise CompileUnavailable("a packaged app does not compile; a Python installation of hmer does")
-    try:
-        import torch._inductor  # a second and 150 MB: imported only to compile (`_Runner` loads)
-    except ImportError as e:
-        raise CompileUnavailable(f"torch's compiler cannot be imported: {e}") from e
-    if not hasattr(torch._inductor, "aoti_compile_and_package"):
-        raise CompileUnavailable(f"torch {torch.__version__} cannot compile ahead of time (2.6 or newer can)")
     path = Path(path)
-    # Export traces a copy: the app keeps recognizing with the decoder meanwhile. The copy's
-    # ARM refines any batch at once (the grouping is a branch on sizes; `fits` keeps large
-    # batches on the eager path, which groups them).
+    # The process exports a copy: the app keeps recognizing with the decoder meanwhile.
     memo = {id(decoder.compiled_step): None, id(decoder.compiled_forward): None}
-    decoder = copy.deepcopy(decoder, memo=memo).eval()
-    decoder.arm.eval_group_elements = 2**62
-    decoder.arm.conv_dtype = conv_dtype  # as keyed, whatever the live decoder switches to meanwhile
-    if decoder.arm.cbam is not None:  # recognition p50 0.93x side by side (model card)
-        decoder.arm.cbam.spatial_attention.as_shifted_sums = True
+    detached = io.BytesIO()
+    torch.save(copy.deepcopy(decoder, memo=memo), detached)
     try:  # a cache folder that cannot be written (full disk, read-only) also means "run eagerly"
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=".pt2", dir=path.parent)
@@ -318,20 +319,83 @@ def _compile(
     except OSError as e:
         raise CompileUnavailable(f"cannot write the compiled decoder into {path.parent}: {e}") from e
     try:
-        with torch.no_grad():
-            program = torch.export.export(graph(decoder), example(decoder), dynamic_shapes=dynamic)
-            # Runtime folding: what inductor derives from the weights (transposed copies) is
-            # derived again when the weights are loaded anew.
-            torch._inductor.aoti_compile_and_package(
-                program, package_path=tmp, inductor_configs={"aot_inductor.use_runtime_constant_folding": True}
-            )
+        _in_a_process_of_its_own(kind, detached.getvalue(), tmp, conv_dtype)
         os.replace(tmp, path)
-    except Exception as e:  # the exporter and the C++ toolchain fail in many ways; all mean "run eagerly"
-        raise CompileUnavailable(f"compiling {graph.__name__} failed: {type(e).__name__}: {e}") from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _in_a_process_of_its_own(kind: str, decoder: bytes, tmp: str, conv_dtype: torch.dtype | None) -> None:
+    """Compile in a child process. In the app's own process, the exporter's and inductor's
+    Python held the interpreter: during a first start's compile the GUI thread stalled up to
+    613 ms, and recognitions took up to 31 s (model card, "Compiling in a process of its
+    own"); inductor also stayed imported, 150 MB and more. `spawn`, never `fork`: the app
+    runs Qt and torch threads."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    # daemonic: a child still compiling when the app quits is ended with it (what it leaves
+    # is removed by `remove_stale_partials`); inductor's own workers are plain subprocesses
+    process = context.Process(target=_compile_child, args=(send, kind, decoder, tmp, conv_dtype),
+                              name=f"hmer-compile-{kind}", daemon=True)  # fmt: skip
+    try:
+        process.start()
+    except (OSError, RuntimeError) as e:  # no processes allowed, no executable to spawn
+        raise CompileUnavailable(f"no process to compile in: {type(e).__name__}: {e}") from e
+    finally:
+        send.close()
+    try:
+        error = receive.recv()
+    except EOFError:  # killed (out of memory) or crashed before it could say why
+        process.join()
+        raise CompileUnavailable(f"the compiling process ended without a result (exit code {process.exitcode})") from None
+    finally:
+        receive.close()
+    process.join()
+    if error is not None:
+        raise CompileUnavailable(error)
+
+
+def _compile_child(result: Any, kind: str, decoder: bytes, tmp: str, conv_dtype: torch.dtype | None) -> None:
+    """The child's work: sends None once the package is written to `tmp`, else the reason."""
+    with contextlib.suppress(OSError, AttributeError):  # yield the CPU to recognition; gcc inherits it
+        os.nice(10)
+    try:
+        _export_and_compile(torch.load(io.BytesIO(decoder), weights_only=False), kind, tmp, conv_dtype)
+        result.send(None)
+    except CompileUnavailable as e:
+        result.send(str(e))
+    except Exception as e:  # noqa: BLE001 - the exporter and the C++ toolchain fail in many ways; all mean "run eagerly"
+        result.send(f"compiling the {kind} failed: {type(e).__name__}: {e}")
+    finally:
+        result.close()
+
+
+def _export_and_compile(decoder: Decoder, kind: str, tmp: str, conv_dtype: torch.dtype | None) -> None:
+    try:
+        import torch._inductor  # a second and 150 MB, in the child only
+    except ImportError as e:
+        raise CompileUnavailable(f"torch's compiler cannot be imported: {e}") from e
+    if not hasattr(torch._inductor, "aoti_compile_and_package"):
+        raise CompileUnavailable(f"torch {torch.__version__} cannot compile ahead of time (2.6 or newer can)")
+    decoder = decoder.eval()
+    # The copy's ARM refines any batch at once (the grouping is a branch on sizes; `fits`
+    # keeps large batches on the eager path, which groups them).
+    decoder.arm.eval_group_elements = 2**62
+    decoder.arm.conv_dtype = conv_dtype  # as keyed, whatever the live decoder switched to meanwhile
+    if decoder.arm.cbam is not None:  # recognition p50 0.93x side by side (model card)
+        decoder.arm.cbam.spatial_attention.as_shifted_sums = True
+    graph, example, dynamic = _SPECS[kind]()
+    with torch.no_grad():
+        program = torch.export.export(graph(decoder), example(decoder), dynamic_shapes=dynamic)
+        # Runtime folding: what inductor derives from the weights (transposed copies) is
+        # derived again when the weights are loaded anew.
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=tmp, inductor_configs={"aot_inductor.use_runtime_constant_folding": True}
+        )
 
 
 def remove_stale_partials(folder: Path, max_age_s: float = 3600.0) -> list[Path]:

@@ -178,10 +178,11 @@ class Recognizer:
         maps) through ahead-of-time compiled packages (`model.compiled_step`), loaded from
         `cache_dir` (default: the user's cache).
 
-        compile_if_missing: "no" (use packages only if they are there), "now" (compile here if
-        needed, about a minute) or "background" (load or compile on a low-priority thread and
-        switch when ready; recognition runs eagerly meanwhile). Returns what happened, in
-        words; any failure leaves the eager code in place and is logged, never raised.
+        compile_if_missing: "no" (use packages only if they are there), "now" (compile if
+        needed and wait, about two minutes) or "background" (load or compile from a background
+        thread and switch when ready; recognition runs eagerly meanwhile). Either way the
+        compiler runs in a low-priority process of its own. Returns what happened, in words;
+        any failure leaves the eager code in place and is logged, never raised.
         """
         from model.compiled_step import (
             CompiledForward,

@@ -4,6 +4,7 @@ weights, and never costs a recognition when it cannot be used."""
 from __future__ import annotations
 
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class BackgroundCompile:
     switched: bool  # both compiled packages were in use once the compile ended
     expected_app: list  # eager readings of the inks as the app searches (on a bf16 CPU, with bf16)
     after: list  # the same inks read by the compiled code, as the app searches
+    exported_here: int  # calls to the exporter or compiler in this process during the compile
 
 
 @pytest.fixture(scope="module")
@@ -44,20 +46,29 @@ def background_compile(tmp_path_factory, tiny_checkpoint) -> BackgroundCompile:
     folder = tmp_path_factory.mktemp("compiled")
     eager = Recognizer.load(tiny_checkpoint, device="cpu")
     rec = Recognizer.load(tiny_checkpoint, device="cpu")
-    message = rec.use_compiled_step(folder, compile_if_missing="background")
-    # The person turns the exact search on while the packages compile: on a bf16 CPU that
-    # switches the live ARM to fp32, and the packages must still be what they were keyed as.
-    rec.exact_search = eager.exact_search = True
-    inks = [ink_for(latex) for latex in SYNTHETIC_EXPRESSIONS[:3]]
-    expected = [eager.recognize(strokes, 3) for strokes in inks]
-    deadline, got = time.monotonic() + 300, []
-    while rec.model.decoder.compiled_step is None and time.monotonic() < deadline:
-        got.append(rec.recognize(inks[len(got) % 3], 3))
+    exported_here = []
+
+    def not_in_this_process(*args, **kwargs):
+        exported_here.append(1)
+        raise RuntimeError("the packages are being compiled in the app's own process")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.export, "export", not_in_this_process)
+        patch.setattr(torch._inductor, "aoti_compile_and_package", not_in_this_process)
+        message = rec.use_compiled_step(folder, compile_if_missing="background")
+        # The person turns the exact search on while the packages compile: on a bf16 CPU that
+        # switches the live ARM to fp32, and the packages must still be what they were keyed as.
+        rec.exact_search = eager.exact_search = True
+        inks = [ink_for(latex) for latex in SYNTHETIC_EXPRESSIONS[:3]]
+        expected = [eager.recognize(strokes, 3) for strokes in inks]
+        deadline, got = time.monotonic() + 300, []
+        while rec.model.decoder.compiled_step is None and time.monotonic() < deadline:
+            got.append(rec.recognize(inks[len(got) % 3], 3))
     switched = rec.model.decoder.compiled_step is not None and rec.model.decoder.compiled_forward is not None
     rec.exact_search = eager.exact_search = False
     expected_app = [eager.recognize(strokes, 3) for strokes in inks]
     after = [rec.recognize(strokes, 3) for strokes in inks]
-    return BackgroundCompile(folder, message, len(got), expected, got, switched, expected_app, after)
+    return BackgroundCompile(folder, message, len(got), expected, got, switched, expected_app, after, len(exported_here))
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +142,6 @@ def test_opening_the_packages_leaves_the_compiler_unimported(tiny_checkpoint, co
     # torch's Python wrapper for packages imports the whole compiler: about a second more at
     # every start of the app and 150 MB more memory (model card, session 32)
     import subprocess
-    import sys
 
     script = (
         "import sys; from model.recognizer import Recognizer; "
@@ -147,7 +157,7 @@ def test_opening_the_packages_leaves_the_compiler_unimported(tiny_checkpoint, co
 def test_a_torch_whose_loader_differs_opens_the_packages_through_its_wrapper(
     tiny_checkpoint, compiled_dir, monkeypatch
 ):
-    import model.compiled_step as compiled_step
+    from model import compiled_step
 
     monkeypatch.setattr(compiled_step, "_LOADER_ARGS", ("model",))  # arguments this loader refuses
     monkeypatch.setattr(compiled_step, "PackageLibrary", _unavailable)  # and no C interface to call
@@ -170,7 +180,6 @@ def test_the_packages_are_called_without_the_interpreter_where_torch_allows(tiny
     # changes threads only where one lets go of it, so a call that held it would show as one
     # gap between a ticking thread's ticks as long as the call.
     import itertools
-    import sys
     import threading
     import time
 
@@ -207,8 +216,7 @@ def test_the_packages_are_called_without_the_interpreter_where_torch_allows(tiny
 
 
 def test_without_the_c_interface_the_packages_open_through_the_loader(tiny_checkpoint, compiled_dir, monkeypatch):
-    import model.compiled_step as compiled_step
-    from model import package_library
+    from model import compiled_step, package_library
 
     # a model library older than the interface used (a function it lacks)
     monkeypatch.setitem(package_library._SIGNATURES, "AOTInductorModelContainerNotInThisTorch", [])
@@ -294,6 +302,33 @@ def test_a_cache_folder_that_cannot_be_written_leaves_the_eager_step(tiny_checkp
     assert rec.recognize(ink_for(SYNTHETIC_EXPRESSIONS[0]), 3).tokens == SYNTHETIC_EXPRESSIONS[0].split()
 
 
+def test_where_no_process_can_compile_recognition_runs_eagerly(tiny_checkpoint, tmp_path, monkeypatch):
+    import multiprocessing.context
+
+    def refuse(self):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", refuse)
+    rec = Recognizer.load(tiny_checkpoint, device="cpu")
+    message = rec.use_compiled_step(tmp_path, compile_if_missing="now")
+    assert "no process to compile in: OSError" in message and rec.model.decoder.compiled_step is None
+    assert not list(tmp_path.iterdir())  # no partial package left
+    assert rec.recognize(ink_for(SYNTHETIC_EXPRESSIONS[0]), 3).tokens == SYNTHETIC_EXPRESSIONS[0].split()
+
+
+def test_a_compiling_process_that_dies_leaves_the_eager_step(tiny_checkpoint, tmp_path, monkeypatch):
+    # killed (out of memory, by the user) before it could say why: the child here ends at
+    # once with an error, having sent nothing
+    from model import compiled_step
+
+    monkeypatch.setattr(compiled_step, "_compile_child", sys.exit)  # pickled by name: the child runs it
+    rec = Recognizer.load(tiny_checkpoint, device="cpu")
+    message = rec.use_compiled_step(tmp_path, compile_if_missing="now")
+    assert "the compiling process ended without a result (exit code 1)" in message
+    assert rec.model.decoder.compiled_step is None and not list(tmp_path.iterdir())
+    assert rec.recognize(ink_for(SYNTHETIC_EXPRESSIONS[0]), 3).tokens == SYNTHETIC_EXPRESSIONS[0].split()
+
+
 def test_a_failing_compiled_step_falls_back_to_eager_for_good(tiny_checkpoint, compiled_dir):
     eager, fast = _pair(tiny_checkpoint, compiled_dir)
 
@@ -358,6 +393,9 @@ def test_the_app_compiles_in_the_background_while_it_keeps_recognizing(backgroun
     assert done.message.startswith("preparing"), done.message
     # as a person drawing on the app's first start: the export and compile beside it change nothing
     assert done.readings > 0
+    # in a process of its own: in the app's, the exporter's and compiler's Python held the
+    # interpreter, stalling the GUI thread for up to 613 ms and recognitions for up to 31 s
+    assert done.exported_here == 0
     for i, reading in enumerate(done.got):
         _same(done.expected[i % 3], reading)
     assert done.switched, "the compiled packages were not in use after the compile"
@@ -367,7 +405,7 @@ def test_the_app_compiles_in_the_background_while_it_keeps_recognizing(backgroun
 
 
 def test_a_package_made_by_other_code_is_not_reused(tiny_checkpoint, monkeypatch):
-    import model.compiled_step as compiled_step
+    from model import compiled_step
 
     decoder = Recognizer.load(tiny_checkpoint, device="cpu").model.decoder
     key = package_key(decoder)
