@@ -363,6 +363,7 @@ def _compile_child(result: Any, kind: str, decoder: bytes, tmp: str, conv_dtype:
     """The child's work: sends None once the package is written to `tmp`, else the reason."""
     with contextlib.suppress(OSError, AttributeError):  # yield the CPU to recognition; gcc inherits it
         os.nice(10)
+    threading.Thread(target=_end_with, args=(os.getppid(),), daemon=True).start()
     try:
         _export_and_compile(torch.load(io.BytesIO(decoder), weights_only=False), kind, tmp, conv_dtype)
         result.send(None)
@@ -372,6 +373,14 @@ def _compile_child(result: Any, kind: str, decoder: bytes, tmp: str, conv_dtype:
         result.send(f"compiling the {kind} failed: {type(e).__name__}: {e}")
     finally:
         result.close()
+
+
+def _end_with(parent: int) -> None:
+    """End this process once `parent` has gone: an app that quits normally ends its daemonic
+    children, but one killed or crashed does not, and its compile would go on for minutes."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _export_and_compile(decoder: Decoder, kind: str, tmp: str, conv_dtype: torch.dtype | None) -> None:

@@ -426,3 +426,33 @@ def test_without_the_decoder_source_nothing_is_compiled_or_loaded(tiny_checkpoin
     message = rec.use_compiled_step(tmp_path, compile_if_missing="now")
     assert message.startswith("not compiled: the decoder's source cannot be read")
     assert rec.model.decoder.compiled_step is None and not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="looks for the process in /proc")
+def test_a_compiling_process_ends_when_the_app_is_killed():
+    # an app that quits normally ends its daemonic children; a killed or crashed one does
+    # not, and its compile would hold a core for minutes
+    import os
+    import subprocess
+    import time
+
+    app = (
+        "import multiprocessing, os\n"
+        "from model.compiled_step import _end_with\n"
+        "if __name__ == '__main__':\n"
+        "    child = multiprocessing.get_context('spawn').Process(target=_end_with, args=(os.getpid(),))\n"
+        "    child.start()\n"
+        "    print(child.pid, flush=True)\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    with subprocess.Popen([sys.executable, "-c", app], cwd=root, stdout=subprocess.PIPE, text=True) as killed:
+        child = int(killed.stdout.readline())
+        killed.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{child}").exists():
+        time.sleep(0.1)
+    alive = Path(f"/proc/{child}").exists()
+    if alive:
+        os.kill(child, 9)
+    assert not alive, f"process {child} outlived the app that started it"
