@@ -3,7 +3,8 @@
 `hmer-desktop --smoke-test INK.inkml --screenshot OUT.png` opens the window,
 loads the ink, waits for the recognition, selects the token the model is least
 sure of so its attention and alternatives show, saves a screenshot of the
-window and exits 0 (1 with a message on any failure).
+window, prints the reading and how the decoder ran, and exits 0 (1 with a
+message on any failure).
 """
 
 from __future__ import annotations

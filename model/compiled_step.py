@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,11 @@ MAX_ROWS = 64
 MAX_CACHE = 256  # self-attention cache slots (the app's length bound is at most 200)
 MAX_GRID = (16, 64)
 PARTIAL_PREFIX = "partial-"  # a package being written; renamed into place when whole
+# Packages bundled with a packaged app (which cannot compile) are compiled for this x86
+# level (AVX2, FMA, F16C, BMI: Intel since 2013, AMD since 2015), not for the building
+# machine, and load where torch reports one of these CPU capabilities.
+PORTABLE_MARCH = "x86-64-v3"
+PORTABLE_CAPABILITIES = frozenset({"AVX2", "AVX512"})
 
 
 def enabled() -> bool:
@@ -235,15 +241,29 @@ def _traced_source() -> str:
         raise CompileUnavailable(f"the decoder's source cannot be read to key its packages: {e}") from e
 
 
-def package_key(decoder: Decoder) -> str:
-    """What a package depends on: the network's shape, the code traced, this torch, this machine."""
+def package_key(decoder: Decoder, portable: bool = False) -> str:
+    """What a package depends on: the network's shape, the code traced, this torch, this machine.
+
+    portable: the key of packages compiled for `PORTABLE_MARCH` and bundled with a packaged
+    app, which has no source to read: the bundle is built from the code it ships with, so
+    the code is left out, and the CPU is the portable level rather than this one."""
     arm = decoder.arm
-    parts = [_traced_source(),
-             f"heads {decoder.nhead}", f"arm {arm.cross_coverage if arm else None} {arm.self_coverage if arm else None}",
+    parts = [f"heads {decoder.nhead}", f"arm {arm.cross_coverage if arm else None} {arm.self_coverage if arm else None}",
              f"arm convolution in {arm.conv_dtype if arm else None}",
              repr([(k, tuple(v.shape)) for k, v in decoder.state_dict().items()]),
-             torch.__version__, platform.machine(), platform.system(), str(torch.backends.cpu.get_cpu_capability())]  # fmt: skip
+             torch.__version__, platform.machine(), platform.system()]  # fmt: skip
+    if portable:
+        parts.append(f"portable {PORTABLE_MARCH}")
+    else:
+        parts += [_traced_source(), str(torch.backends.cpu.get_cpu_capability())]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def portable_packages_run_here() -> bool:
+    """Whether this CPU runs packages compiled for `PORTABLE_MARCH`."""
+    return platform.machine().lower() in ("x86_64", "amd64") and (
+        str(torch.backends.cpu.get_cpu_capability()) in PORTABLE_CAPABILITIES
+    )
 
 
 def _example(decoder: Decoder) -> tuple[Tensor, ...]:
@@ -289,20 +309,34 @@ def _forward_spec() -> tuple[type[nn.Module], Any, Any]:
 _SPECS = {"step": _step_spec, "forward": _forward_spec}
 
 
-def compile_step(decoder: Decoder, path: str | Path, conv_dtype: torch.dtype | None) -> Path:
+@dataclass(frozen=True)
+class _Job:
+    """What the compiling process is given."""
+
+    kind: str  # "step" or "forward" (`_SPECS`)
+    decoder: bytes  # the decoder, saved by torch.save
+    tmp: str  # where to write the package
+    conv_dtype: torch.dtype | None
+    march: str | None  # the x86 level to compile for; None: this CPU's
+
+
+def compile_step(decoder: Decoder, path: str | Path, conv_dtype: torch.dtype | None, portable: bool = False) -> Path:
     """Export and compile `decoder`'s step, with its ARM's convolution in `conv_dtype`
     (`AttentionRefinementModule.conv_dtype`), into a package at `path` (written whole or not
-    at all), in a process of its own. Raises `CompileUnavailable` with the reason when it cannot."""
-    return _compile(decoder, "step", path, conv_dtype)
+    at all), in a process of its own: for this CPU, or for `PORTABLE_MARCH` if `portable`.
+    Raises `CompileUnavailable` with the reason when it cannot."""
+    return _compile(decoder, "step", path, conv_dtype, portable)
 
 
-def compile_forward(decoder: Decoder, path: str | Path, conv_dtype: torch.dtype | None) -> Path:
+def compile_forward(
+    decoder: Decoder, path: str | Path, conv_dtype: torch.dtype | None, portable: bool = False
+) -> Path:
     """Export and compile `decoder`'s teacher-forced pass on one image into a package at
     `path`, likewise."""
-    return _compile(decoder, "forward", path, conv_dtype)
+    return _compile(decoder, "forward", path, conv_dtype, portable)
 
 
-def _compile(decoder: Decoder, kind: str, path: str | Path, conv_dtype: torch.dtype | None) -> Path:
+def _compile(decoder: Decoder, kind: str, path: str | Path, conv_dtype: torch.dtype | None, portable: bool) -> Path:
     if decoder.arm is None or len(decoder.layers) < 2:
         raise CompileUnavailable("only decoders with the ARM and at least two layers are compiled")
     if getattr(sys, "frozen", False):  # the compiler starts `sys.executable`: that would be the app itself
@@ -319,7 +353,8 @@ def _compile(decoder: Decoder, kind: str, path: str | Path, conv_dtype: torch.dt
     except OSError as e:
         raise CompileUnavailable(f"cannot write the compiled decoder into {path.parent}: {e}") from e
     try:
-        _in_a_process_of_its_own(kind, detached.getvalue(), tmp, conv_dtype)
+        march = PORTABLE_MARCH if portable else None
+        _in_a_process_of_its_own(_Job(kind, detached.getvalue(), tmp, conv_dtype, march))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -327,7 +362,7 @@ def _compile(decoder: Decoder, kind: str, path: str | Path, conv_dtype: torch.dt
     return path
 
 
-def _in_a_process_of_its_own(kind: str, decoder: bytes, tmp: str, conv_dtype: torch.dtype | None) -> None:
+def _in_a_process_of_its_own(job: _Job) -> None:
     """Compile in a child process. In the app's own process, the exporter's and inductor's
     Python held the interpreter: during a first start's compile the GUI thread stalled up to
     613 ms, and recognitions took up to 31 s (model card, "Compiling in a process of its
@@ -339,8 +374,7 @@ def _in_a_process_of_its_own(kind: str, decoder: bytes, tmp: str, conv_dtype: to
     receive, send = context.Pipe(duplex=False)
     # daemonic: a child still compiling when the app quits is ended with it (what it leaves
     # is removed by `remove_stale_partials`); inductor's own workers are plain subprocesses
-    process = context.Process(target=_compile_child, args=(send, kind, decoder, tmp, conv_dtype),
-                              name=f"hmer-compile-{kind}", daemon=True)  # fmt: skip
+    process = context.Process(target=_compile_child, args=(send, job), name=f"hmer-compile-{job.kind}", daemon=True)
     try:
         process.start()
     except (OSError, RuntimeError) as e:  # no processes allowed, no executable to spawn
@@ -359,18 +393,18 @@ def _in_a_process_of_its_own(kind: str, decoder: bytes, tmp: str, conv_dtype: to
         raise CompileUnavailable(error)
 
 
-def _compile_child(result: Any, kind: str, decoder: bytes, tmp: str, conv_dtype: torch.dtype | None) -> None:
+def _compile_child(result: Any, job: _Job) -> None:
     """The child's work: sends None once the package is written to `tmp`, else the reason."""
     with contextlib.suppress(OSError, AttributeError):  # yield the CPU to recognition; gcc inherits it
         os.nice(10)
     threading.Thread(target=_end_with, args=(os.getppid(),), daemon=True).start()
     try:
-        _export_and_compile(torch.load(io.BytesIO(decoder), weights_only=False), kind, tmp, conv_dtype)
+        _export_and_compile(torch.load(io.BytesIO(job.decoder), weights_only=False), job)
         result.send(None)
     except CompileUnavailable as e:
         result.send(str(e))
     except Exception as e:  # noqa: BLE001 - the exporter and the C++ toolchain fail in many ways; all mean "run eagerly"
-        result.send(f"compiling the {kind} failed: {type(e).__name__}: {e}")
+        result.send(f"compiling the {job.kind} failed: {type(e).__name__}: {e}")
     finally:
         result.close()
 
@@ -383,7 +417,7 @@ def _end_with(parent: int) -> None:
     os._exit(1)
 
 
-def _export_and_compile(decoder: Decoder, kind: str, tmp: str, conv_dtype: torch.dtype | None) -> None:
+def _export_and_compile(decoder: Decoder, job: _Job) -> None:
     try:
         import torch._inductor  # a second and 150 MB, in the child only
     except ImportError as e:
@@ -394,17 +428,18 @@ def _export_and_compile(decoder: Decoder, kind: str, tmp: str, conv_dtype: torch
     # The copy's ARM refines any batch at once (the grouping is a branch on sizes; `fits`
     # keeps large batches on the eager path, which groups them).
     decoder.arm.eval_group_elements = 2**62
-    decoder.arm.conv_dtype = conv_dtype  # as keyed, whatever the live decoder switched to meanwhile
+    decoder.arm.conv_dtype = job.conv_dtype  # as keyed, whatever the live decoder switched to meanwhile
     if decoder.arm.cbam is not None:  # recognition p50 0.93x side by side (model card)
         decoder.arm.cbam.spatial_attention.as_shifted_sums = True
-    graph, example, dynamic = _SPECS[kind]()
+    graph, example, dynamic = _SPECS[job.kind]()
+    # Runtime folding: what inductor derives from the weights (transposed copies) is derived
+    # again when the weights are loaded anew.
+    configs: dict[str, Any] = {"aot_inductor.use_runtime_constant_folding": True}
+    if job.march is not None:  # 256-bit vectors: inductor's AVX2 kernels, not this CPU's AVX-512
+        configs |= {"cpp.march": job.march, "cpp.simdlen": 256}
     with torch.no_grad():
         program = torch.export.export(graph(decoder), example(decoder), dynamic_shapes=dynamic)
-        # Runtime folding: what inductor derives from the weights (transposed copies) is
-        # derived again when the weights are loaded anew.
-        torch._inductor.aoti_compile_and_package(
-            program, package_path=tmp, inductor_configs={"aot_inductor.use_runtime_constant_folding": True}
-        )
+        torch._inductor.aoti_compile_and_package(program, package_path=job.tmp, inductor_configs=configs)
 
 
 def remove_stale_partials(folder: Path, max_age_s: float = 3600.0) -> list[Path]:

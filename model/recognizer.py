@@ -13,6 +13,7 @@ import itertools
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +47,11 @@ def default_compiled_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("hmer")) / "compiled"
+
+
+def bundled_compiled_dir() -> Path:
+    """Where a packaged app keeps the compiled decoder built with it (packaging/compile_decoder.py)."""
+    return asset_path("compiled")
 
 
 def _lower_this_thread_priority() -> None:
@@ -154,6 +160,8 @@ class Recognizer:
         # the CPU has (see hmer_desktop.finetune_service.thread_split).
         self.threads = 0
         self._lock = threading.Lock()  # one decode at a time per model
+        self.decoder_status = "eager: the compiled decoder is not in use"  # what `use_compiled_step` did
+        self._status_lock = threading.Lock()
         self._last_encoding: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._folded: tuple[tuple[int, int], FoldedEncoder] | None = None  # (weights version, encoder)
         self._last_raster: tuple[bytes, Raster] | None = None  # (ink key, its image)
@@ -181,16 +189,25 @@ class Recognizer:
         compile_if_missing: "no" (use packages only if they are there), "now" (compile if
         needed and wait, about two minutes) or "background" (load or compile from a background
         thread and switch when ready; recognition runs eagerly meanwhile). Either way the
-        compiler runs in a low-priority process of its own. Returns what happened, in words;
-        any failure leaves the eager code in place and is logged, never raised.
+        compiler runs in a low-priority process of its own. A packaged app, which cannot
+        compile, loads the packages bundled with it (`cache_dir` default: `bundled_compiled_dir`),
+        at once. Returns what happened, in words, also kept in `decoder_status`; any failure
+        leaves the eager code in place and is logged, never raised.
         """
+        with self._status_lock:  # a background thread's final word comes after this one
+            self.decoder_status = self._use_compiled_step(cache_dir, compile_if_missing)
+            return self.decoder_status
+
+    def _use_compiled_step(self, cache_dir: str | Path | None, compile_if_missing: str) -> str:
         from model.compiled_step import (
+            PORTABLE_MARCH,
             CompiledForward,
             CompiledStep,
             CompileUnavailable,
             compile_forward,
             compile_step,
             package_key,
+            portable_packages_run_here,
             remove_stale_partials,
         )
 
@@ -199,20 +216,28 @@ class Recognizer:
         if self.device.type != "cpu":
             return "not compiled: the compiled decoder is for the CPU"
         decoder = self.model.decoder
-        folder = Path(cache_dir or default_compiled_dir())
         # what the packages compute in, fixed here: the exact search may switch it meanwhile
         conv_dtype = decoder.arm.conv_dtype if decoder.arm is not None else None
-        try:
-            key = package_key(decoder)
-        except CompileUnavailable as e:
-            return f"not compiled: {e}"
+        bundled = bool(getattr(sys, "frozen", False))
+        if bundled:  # built for any x86-64-v3 CPU with the app, from the code it ships with
+            if not portable_packages_run_here():
+                return f"not compiled: the packages bundled with this app need an {PORTABLE_MARCH} (AVX2) CPU"
+            folder, key = Path(cache_dir or bundled_compiled_dir()), package_key(decoder, portable=True)
+            compile_if_missing = "no"
+        else:
+            folder = Path(cache_dir or default_compiled_dir())
+            try:
+                key = package_key(decoder)
+            except CompileUnavailable as e:
+                return f"not compiled: {e}"
         kinds = {  # attribute of the decoder: (package file, how to compile it, how to load it)
             "compiled_step": (folder / f"step-{key}.pt2", compile_step, CompiledStep),
             "compiled_forward": (folder / f"forced-{key}.pt2", compile_forward, CompiledForward),
         }
 
         def prepare(compile_missing: bool) -> str:
-            remove_stale_partials(folder)
+            if not bundled:  # the app's own folder is never cleaned
+                remove_stale_partials(folder)
             ready, problems = {}, []
             started = time.perf_counter()
             for attribute, (path, compile_package, package_type) in kinds.items():
@@ -221,6 +246,9 @@ class Recognizer:
                         ready[attribute] = package_type.load(path, decoder, conv_dtype)
                         continue
                     except CompileUnavailable as e:
+                        if bundled:  # the app's own files are left as they are
+                            problems.append(str(e))
+                            continue
                         log.warning("%s; it is deleted", e)
                         path.unlink(missing_ok=True)
                 if not compile_missing:
@@ -246,7 +274,10 @@ class Recognizer:
 
         def in_background() -> None:
             _lower_this_thread_priority()
-            log.info(prepare(True))
+            status = prepare(True)
+            with self._status_lock:
+                self.decoder_status = status
+            log.info(status)
 
         threading.Thread(target=in_background, name="hmer-compiled-decoder", daemon=True).start()
         return f"preparing the compiled decoder in the background ({folder})"
