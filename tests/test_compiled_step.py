@@ -456,3 +456,54 @@ def test_a_compiling_process_ends_when_the_app_is_killed():
     if alive:
         os.kill(child, 9)
     assert not alive, f"process {child} outlived the app that started it"
+
+
+def test_a_packaged_app_loads_the_packages_bundled_with_it(tiny_checkpoint, compiled_dir, tmp_path, monkeypatch):
+    # A packaged app has no compiler and no source to key packages by: it loads the packages
+    # built for any x86-64-v3 CPU with it (packaging/compile_decoder.py), keyed without source.
+    import inspect
+
+    from model import compiled_step
+
+    eager = Recognizer.load(tiny_checkpoint, device="cpu")
+    rec = Recognizer.load(tiny_checkpoint, device="cpu")
+    key = package_key(rec.model.decoder, portable=True)
+    assert key != package_key(rec.model.decoder)
+    with monkeypatch.context() as laptop:  # built on this machine, run on an AVX2 laptop's
+        laptop.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+        assert package_key(rec.model.decoder, portable=True) == key
+    for name in ("step", "forced"):  # the module's packages stand in: the same code and shapes
+        shutil.copy(next(compiled_dir.glob(f"{name}-*.pt2")), tmp_path / f"{name}-{key}.pt2")
+    bundled = sorted(p.name for p in tmp_path.iterdir())
+
+    def no_source(module):
+        raise OSError("could not get source code")
+
+    def never(*args, **kwargs):
+        raise AssertionError("a packaged app compiled")
+
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(inspect, "getsource", no_source)
+    monkeypatch.setattr(compiled_step, "_compile", never)
+    message = rec.use_compiled_step(tmp_path, compile_if_missing="background")
+    assert message.startswith("using the compiled decoder step and teacher-forced pass"), message  # at once
+    assert rec.decoder_status == message
+    strokes = ink_for(SYNTHETIC_EXPRESSIONS[1])
+    _same(eager.recognize(strokes, 5), rec.recognize(strokes, 5))
+
+    # a CPU below the level they were compiled for runs eagerly, and says why
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    old_cpu = Recognizer.load(tiny_checkpoint, device="cpu")
+    message = old_cpu.use_compiled_step(tmp_path, compile_if_missing="background")
+    assert message == "not compiled: the packages bundled with this app need an x86-64-v3 (AVX2) CPU"
+    assert old_cpu.model.decoder.compiled_step is None and old_cpu.decoder_status == message
+    monkeypatch.undo()
+
+    # a broken bundled package: the other is used, and the app's files are left as they are
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    (tmp_path / f"step-{key}.pt2").write_bytes(b"not a package")
+    broken = Recognizer.load(tiny_checkpoint, device="cpu")
+    message = broken.use_compiled_step(tmp_path, compile_if_missing="background")
+    assert message.startswith("using the compiled decoder teacher-forced pass"), message
+    assert broken.model.decoder.compiled_step is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == bundled
