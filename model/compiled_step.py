@@ -13,10 +13,11 @@ The packages hold no weights of their own that matter: `CompiledStep` and
 `CompiledForward` load the decoder's current weights into them
 (`load_constants`), and again whenever they change in place (a fine-tune). So
 one pair of packages per network shape, torch version and machine serves every
-checkpoint of that shape. Compiling takes about a minute on a 2-core CPU and
-needs a C++ compiler. Where it fails, or an input falls outside what a package
-was compiled for, the decoder runs eagerly, with the same results up to float
-rounding.
+checkpoint of that shape. Compiling takes about two minutes on a 2-core CPU, in a
+process of its own, and needs a C++ compiler; a packaged app loads packages
+compiled with it for any x86-64-v3 CPU (packaging/compile_decoder.py). Where it
+fails, or an input falls outside what a package was compiled for, the decoder
+runs eagerly, with the same results up to float rounding.
 """
 
 from __future__ import annotations
@@ -291,7 +292,7 @@ def _step_spec() -> tuple[type[nn.Module], Any, Any]:
 
 
 def _forward_spec() -> tuple[type[nn.Module], Any, Any]:
-    """The teacher-forced pass's on one image (`_ForcedBody`), likewise."""
+    """The same for the teacher-forced pass on one image (`_ForcedBody`)."""
     Dim = torch.export.Dim
     b, t = Dim("sequences", min=1, max=MAX_ROWS), Dim("length", min=2, max=MAX_CACHE)
     h, w = Dim("h", min=1, max=MAX_GRID[0]), Dim("w", min=1, max=MAX_GRID[1])
