@@ -31,6 +31,16 @@ from train.samples import SampleError, SampleStore
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.gif *.tif *.tiff *.webp)"
 
 
+def device_label(device: str, decoder: str) -> str:
+    """The status bar's word on where recognition runs, and whether the compiled decoder is
+    in use or still being compiled (the first start's first minutes are slower: say why)."""
+    if decoder.startswith("preparing"):
+        return f"{device.upper()} · compiling the decoder…"
+    if decoder.startswith("using the compiled decoder"):
+        return f"{device.upper()} · compiled"
+    return device.upper()
+
+
 class FutureBridge(QObject):
     """Delivers a worker's future to the GUI thread as a signal."""
 
@@ -268,7 +278,8 @@ class MainWindow(QMainWindow):
         self.hide_error()
         self.last_result = result
         self.status_latency.setText(f"{result.latency_ms:.0f} ms")
-        self.status_device.setText(result.device.upper())
+        self.status_device.setText(device_label(result.device, result.decoder))
+        self.status_device.setToolTip(result.decoder)
         self.show_prediction(result.prediction)
 
     def show_prediction(self, prediction: Prediction | None) -> None:

@@ -62,6 +62,7 @@ class Result:
     prediction: Prediction
     latency_ms: float
     device: str
+    decoder: str = ""  # how the decoder ran, in words (`Recognizer.decoder_status`)
 
 
 class RecognitionService:
@@ -153,7 +154,7 @@ class RecognitionService:
             except RecognitionCancelled as stopped:
                 raise Superseded() from stopped
             return Result(request_id, ink_version, prediction, (time.perf_counter() - start) * 1000,
-                          str(getattr(rec.device, "type", rec.device)))  # fmt: skip
+                          str(getattr(rec.device, "type", rec.device)), getattr(rec, "decoder_status", ""))  # fmt: skip
 
         return self._executor.submit(run)
 

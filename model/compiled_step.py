@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import io
 import logging
 import os
 import platform
@@ -315,7 +314,7 @@ class _Job:
     """What the compiling process is given."""
 
     kind: str  # "step" or "forward" (`_SPECS`)
-    decoder: bytes  # the decoder, saved by torch.save
+    decoder: str  # a file holding the decoder (torch.save), beside the package being written
     tmp: str  # where to write the package
     conv_dtype: torch.dtype | None
     march: str | None  # the x86 level to compile for; None: this CPU's
@@ -343,23 +342,26 @@ def _compile(decoder: Decoder, kind: str, path: str | Path, conv_dtype: torch.dt
     if getattr(sys, "frozen", False):  # the compiler starts `sys.executable`: that would be the app itself
         raise CompileUnavailable("a packaged app does not compile; a Python installation of hmer does")
     path = Path(path)
-    # The process exports a copy: the app keeps recognizing with the decoder meanwhile.
+    # The process exports a copy: the app keeps recognizing with the decoder meanwhile. The
+    # copy goes by file: through the pipe that starts the process, its megabytes were still
+    # being written when an app quit in its first moments, and the child printed a traceback.
     memo = {id(decoder.compiled_step): None, id(decoder.compiled_forward): None}
-    detached = io.BytesIO()
-    torch.save(copy.deepcopy(decoder, memo=memo), detached)
+    detached = copy.deepcopy(decoder, memo=memo)
+    tmp = ""
     try:  # a cache folder that cannot be written (full disk, read-only) also means "run eagerly"
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=".pt2", dir=path.parent)
         os.close(fd)
+        torch.save(detached, tmp + ".decoder")
+        march = PORTABLE_MARCH if portable else None
+        _in_a_process_of_its_own(_Job(kind, tmp + ".decoder", tmp, conv_dtype, march))
+        os.replace(tmp, path)
     except OSError as e:
         raise CompileUnavailable(f"cannot write the compiled decoder into {path.parent}: {e}") from e
-    try:
-        march = PORTABLE_MARCH if portable else None
-        _in_a_process_of_its_own(_Job(kind, detached.getvalue(), tmp, conv_dtype, march))
-        os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for leftover in (tmp, tmp + ".decoder") if tmp else ():
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
     return path
 
 
@@ -400,7 +402,7 @@ def _compile_child(result: Any, job: _Job) -> None:
         os.nice(10)
     threading.Thread(target=_end_with, args=(os.getppid(),), daemon=True).start()
     try:
-        _export_and_compile(torch.load(io.BytesIO(job.decoder), weights_only=False), job)
+        _export_and_compile(torch.load(job.decoder, weights_only=False), job)
         result.send(None)
     except CompileUnavailable as e:
         result.send(str(e))
@@ -450,7 +452,7 @@ def remove_stale_partials(folder: Path, max_age_s: float = 3600.0) -> list[Path]
     library's file). A file younger than `max_age_s` may be another app's, in use, and is kept."""
     removed = []
     now = time.time()
-    leftovers = [*folder.glob(f"{PARTIAL_PREFIX}*.pt2"), *folder.glob(f"{EXTRACTED_PREFIX}*")]  # cut short too
+    leftovers = [*folder.glob(f"{PARTIAL_PREFIX}*"), *folder.glob(f"{EXTRACTED_PREFIX}*")]  # cut short too
     for partial in leftovers:
         with contextlib.suppress(OSError):
             if now - partial.stat().st_mtime > max_age_s:

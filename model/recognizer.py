@@ -160,7 +160,7 @@ class Recognizer:
         # the CPU has (see hmer_desktop.finetune_service.thread_split).
         self.threads = 0
         self._lock = threading.Lock()  # one decode at a time per model
-        self.decoder_status = "eager: the compiled decoder is not in use"  # what `use_compiled_step` did
+        self._decoder_status = "eager: the compiled decoder is not in use"  # what `use_compiled_step` did
         self._status_lock = threading.Lock()
         self._last_encoding: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._folded: tuple[tuple[int, int], FoldedEncoder] | None = None  # (weights version, encoder)
@@ -195,8 +195,21 @@ class Recognizer:
         leaves the eager code in place and is logged, never raised.
         """
         with self._status_lock:  # a background thread's final word comes after this one
-            self.decoder_status = self._use_compiled_step(cache_dir, compile_if_missing)
-            return self.decoder_status
+            self._decoder_status = self._use_compiled_step(cache_dir, compile_if_missing)
+            return self._decoder_status
+
+    @property
+    def decoder_status(self) -> str:
+        """How the decoder runs, in words: what `use_compiled_step` last said, unless the
+        compiled code has failed since and the decoder dropped it."""
+        decoder = self.model.decoder
+        if self._decoder_status.startswith("using") and decoder.compiled_step is None and decoder.compiled_forward is None:
+            return "eager: the compiled decoder failed and is no longer used (the log says why)"
+        return self._decoder_status
+
+    @decoder_status.setter
+    def decoder_status(self, status: str) -> None:
+        self._decoder_status = status
 
     def _use_compiled_step(self, cache_dir: str | Path | None, compile_if_missing: str) -> str:
         from model.compiled_step import (
@@ -276,7 +289,7 @@ class Recognizer:
             _lower_this_thread_priority()
             status = prepare(True)
             with self._status_lock:
-                self.decoder_status = status
+                self._decoder_status = status
             log.info(status)
 
         threading.Thread(target=in_background, name="hmer-compiled-decoder", daemon=True).start()

@@ -129,6 +129,36 @@ def test_the_beam_search_waits_while_the_pen_is_down(qtbot, make_window):
     assert window.debounce.isActive() and len(window.document.strokes) == 2  # ... and the search is due again
 
 
+def test_the_status_bar_says_whether_the_decoder_is_compiled_or_compiling(qtbot, make_window, tiny_checkpoint):
+    # the first minutes of a first start read more slowly, while the decoder compiles
+    from model.recognizer import Recognizer
+
+    real = Recognizer.load(tiny_checkpoint, device="cpu")
+
+    class Reporting:  # a recognizer whose decoder is said to be compiling, then compiled, then not
+        device = real.device
+        decoder_status = "preparing the compiled decoder in the background (/cache)"
+
+        def recognize(self, strokes, beam_size=10, should_stop=None):
+            return real.recognize(strokes, beam_size, should_stop=should_stop)
+
+    recognizer = Reporting()
+    window = make_window(loader=lambda path, device: recognizer, live=False)
+    _draw_expression(window, "1 + 2")
+    with qtbot.waitSignal(window.prediction_shown, timeout=20_000):
+        window.recognize_now()
+    assert window.status_device.text() == "CPU · compiling the decoder…"
+    assert window.status_device.toolTip() == recognizer.decoder_status
+    recognizer.decoder_status = "using the compiled decoder step and teacher-forced pass from /cache"
+    with qtbot.waitSignal(window.prediction_shown, timeout=20_000):
+        window.recognize_now()
+    assert window.status_device.text() == "CPU · compiled"
+    recognizer.decoder_status = "not compiled: no package at /cache/step-1.pt2"
+    with qtbot.waitSignal(window.prediction_shown, timeout=20_000):
+        window.recognize_now()
+    assert window.status_device.text() == "CPU" and "no package" in window.status_device.toolTip()
+
+
 def test_a_result_for_stale_ink_is_never_shown(qtbot, make_window, tiny_checkpoint):
     gate = threading.Event()
 

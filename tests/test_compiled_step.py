@@ -283,13 +283,14 @@ def test_what_an_interrupted_compile_left_is_removed_but_not_a_compile_under_way
     import time
 
     old, fresh = tmp_path / "partial-abc.pt2", tmp_path / "partial-def.pt2"
+    old_decoder = tmp_path / "partial-abc.pt2.decoder"  # the decoder copy the compiling process reads
     old_library, fresh_library = tmp_path / "extracted-abc.so", tmp_path / "extracted-def.so"
-    for partial in (old, fresh, old_library, fresh_library):
+    for partial in (old, fresh, old_decoder, old_library, fresh_library):
         partial.write_bytes(b"half a package")
-    for partial in (old, old_library):
+    for partial in (old, old_decoder, old_library):
         os.utime(partial, (time.time() - 7200, time.time() - 7200))
     Recognizer.load(tiny_checkpoint, device="cpu").use_compiled_step(tmp_path)
-    assert not old.exists() and fresh.exists()
+    assert not old.exists() and not old_decoder.exists() and fresh.exists()
     assert not old_library.exists() and fresh_library.exists()
 
 
@@ -335,11 +336,13 @@ def test_a_failing_compiled_step_falls_back_to_eager_for_good(tiny_checkpoint, c
     def broken(*args):
         raise RuntimeError("simulated failure inside the compiled code")
 
+    assert fast.decoder_status.startswith("using the compiled decoder")
     fast.model.decoder.compiled_step._package = broken
     fast.model.decoder.compiled_forward._package = broken
     strokes = ink_for(SYNTHETIC_EXPRESSIONS[2])
     _same(eager.recognize(strokes, 5), fast.recognize(strokes, 5))
     assert fast.model.decoder.compiled_step is None and fast.model.decoder.compiled_forward is None
+    assert fast.decoder_status.startswith("eager: the compiled decoder failed")  # the status bar says so
 
 
 def test_steps_the_package_was_not_compiled_for_run_eagerly(tiny_checkpoint, compiled_dir):
