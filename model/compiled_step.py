@@ -241,6 +241,12 @@ def _traced_source() -> str:
         raise CompileUnavailable(f"the decoder's source cannot be read to key its packages: {e}") from e
 
 
+def code_digest() -> str:
+    """A digest of the code the packages are traced from: what a build that bundles portable
+    packages (keyed without it) checks before reusing packages it kept."""
+    return hashlib.sha256(_traced_source().encode()).hexdigest()
+
+
 def package_key(decoder: Decoder, portable: bool = False) -> str:
     """What a package depends on: the network's shape, the code traced, this torch, this machine.
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from model.compiled_step import CompileUnavailable, compile_forward, compile_step, package_key
+from model.compiled_step import CompileUnavailable, code_digest, compile_forward, compile_step, package_key
 from model.recognizer import Recognizer
 
 # registers only AVX-512 has: zmm, the mask registers, and the upper 16 of xmm and ymm
@@ -51,11 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder to write the packages into")
     args = parser.parse_args(argv)
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        print(f"{platform.machine()} is not x86-64: the packaged app will run its decoder eagerly")
+    if (platform.system(), platform.machine().lower()) != ("Linux", "x86_64"):  # the one tried
+        print(f"not built on {platform.system()} {platform.machine()}: the packaged app will run its decoder eagerly")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     decoder = Recognizer.load(None, device="cpu").model.decoder  # the bundled checkpoint
+    # The portable key leaves the code out (a packaged app has none to read), so packages
+    # kept from a build of other code must not be bundled: they are kept only for the same code.
+    stamp = args.out / "source.sha256"
+    source = code_digest()
+    if not stamp.exists() or stamp.read_text().strip() != source:
+        for old in args.out.glob("*.pt2"):
+            old.unlink()
+        stamp.write_text(source + "\n")
     for conv_dtype in (None, torch.bfloat16):
         decoder.arm.conv_dtype = conv_dtype  # part of the key
         key = package_key(decoder, portable=True)
