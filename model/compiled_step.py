@@ -467,6 +467,32 @@ def remove_stale_partials(folder: Path, max_age_s: float = 3600.0) -> list[Path]
     return removed
 
 
+UNUSED_PACKAGE_AGE_S = 30 * 24 * 3600.0
+
+
+def remove_unused_packages(folder: Path, keep: list[Path], max_age_s: float = UNUSED_PACKAGE_AGE_S) -> list[Path]:
+    """Delete packages not used for `max_age_s` (30 days), other than `keep`: each update of
+    hmer or torch compiles new ones (22 MB a pair), and the old would stay in the cache for
+    good. A package's modification time is its last use (`mark_used`); a package of another
+    installation sharing the cache, still in use there, is kept."""
+    removed = []
+    now = time.time()
+    for package in [*folder.glob("step-*.pt2"), *folder.glob("forced-*.pt2")]:
+        if package in keep:
+            continue
+        with contextlib.suppress(OSError):
+            if now - package.stat().st_mtime > max_age_s:
+                package.unlink()
+                removed.append(package)
+    return removed
+
+
+def mark_used(package: Path) -> None:
+    """Record that `package` was loaded now (its modification time), for `remove_unused_packages`."""
+    with contextlib.suppress(OSError):  # a read-only cache: it is never cleaned either
+        os.utime(package)
+
+
 def _weights_version(decoder: Decoder) -> tuple[int, int]:
     tensors = list(decoder.parameters()) + list(decoder.buffers())
     return id(decoder), sum(t._version for t in tensors)

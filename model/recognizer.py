@@ -219,9 +219,11 @@ class Recognizer:
             CompileUnavailable,
             compile_forward,
             compile_step,
+            mark_used,
             package_key,
             portable_packages_run_here,
             remove_stale_partials,
+            remove_unused_packages,
         )
 
         if compile_if_missing not in ("no", "now", "background"):
@@ -251,12 +253,15 @@ class Recognizer:
         def prepare(compile_missing: bool) -> str:
             if not bundled:  # the app's own folder is never cleaned
                 remove_stale_partials(folder)
+                remove_unused_packages(folder, keep=[path for path, _, _ in kinds.values()])
             ready, problems = {}, []
             started = time.perf_counter()
             for attribute, (path, compile_package, package_type) in kinds.items():
                 if path.exists():
                     try:
                         ready[attribute] = package_type.load(path, decoder, conv_dtype)
+                        if not bundled:
+                            mark_used(path)
                         continue
                     except CompileUnavailable as e:
                         if bundled:  # the app's own files are left as they are

@@ -294,6 +294,27 @@ def test_what_an_interrupted_compile_left_is_removed_but_not_a_compile_under_way
     assert not old_library.exists() and fresh_library.exists()
 
 
+def test_packages_unused_for_a_month_are_removed_but_not_those_in_use(tiny_checkpoint, compiled_dir, tmp_path):
+    # each update of hmer or torch compiles a new pair (22 MB); the old stayed for good
+    import os
+    import time
+
+    rec = Recognizer.load(tiny_checkpoint, device="cpu")
+    current = tmp_path / f"step-{package_key(rec.model.decoder)}.pt2"
+    shutil.copy(compiled_dir / current.name, current)
+    old = [tmp_path / "step-0123456789abcdef.pt2", tmp_path / "forced-0123456789abcdef.pt2"]
+    recent = tmp_path / "forced-fedcba9876543210.pt2"  # another installation's, used last week
+    for package in (*old, recent):
+        package.write_bytes(b"a package")
+    for package, days in ((old[0], 40), (old[1], 40), (current, 40), (recent, 7)):
+        when = time.time() - days * 24 * 3600
+        os.utime(package, (when, when))
+    message = rec.use_compiled_step(tmp_path)  # compile_if_missing="no"
+    assert message.startswith("using the compiled decoder step"), message
+    assert not old[0].exists() and not old[1].exists() and recent.exists()
+    assert time.time() - current.stat().st_mtime < 600  # loaded now: its last use is now
+
+
 def test_a_cache_folder_that_cannot_be_written_leaves_the_eager_step(tiny_checkpoint, tmp_path):
     rec = Recognizer.load(tiny_checkpoint, device="cpu")
     blocker = tmp_path / "a file where the folder should be"
