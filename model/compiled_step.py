@@ -22,6 +22,7 @@ runs eagerly, with the same results up to float rounding.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import hashlib
@@ -67,6 +68,18 @@ def enabled() -> bool:
 
 class CompileUnavailable(RuntimeError):
     """This torch cannot export and compile ahead of time, or the compiler failed."""
+
+
+class CompileCancelled(CompileUnavailable):
+    """The app is quitting: the compile under way is abandoned, and no other is started."""
+
+
+# Set at the interpreter's exit, before multiprocessing ends the compiling child (exit
+# handlers run last registered first): the background thread, left waiting on that child,
+# must then start nothing more. It went on to the next package and started a process while
+# the interpreter shut down ("terminate called without an active exception").
+_exiting = threading.Event()
+atexit.register(_exiting.set)
 
 
 def _scalar_names(decoder: Decoder) -> list[str]:
@@ -347,6 +360,8 @@ def _compile(decoder: Decoder, kind: str, path: str | Path, conv_dtype: torch.dt
         raise CompileUnavailable("only decoders with the ARM and at least two layers are compiled")
     if getattr(sys, "frozen", False):  # the compiler starts `sys.executable`: that would be the app itself
         raise CompileUnavailable("a packaged app does not compile; a Python installation of hmer does")
+    if _exiting.is_set():
+        raise CompileCancelled("the app is quitting")
     path = Path(path)
     # The process exports a copy: the app keeps recognizing with the decoder meanwhile. The
     # copy goes by file: through the pipe that starts the process, its megabytes were still
@@ -392,7 +407,9 @@ def _in_a_process_of_its_own(job: _Job) -> None:
         send.close()
     try:
         error = receive.recv()
-    except EOFError:  # killed (out of memory) or crashed before it could say why
+    except EOFError:  # killed (out of memory, or by the app quitting) or crashed before it could say why
+        if _exiting.is_set():
+            raise CompileCancelled("the app quit while the decoder was compiling") from None
         process.join()
         raise CompileUnavailable(f"the compiling process ended without a result (exit code {process.exitcode})") from None
     finally:

@@ -214,6 +214,7 @@ class Recognizer:
     def _use_compiled_step(self, cache_dir: str | Path | None, compile_if_missing: str) -> str:
         from model.compiled_step import (
             PORTABLE_MARCH,
+            CompileCancelled,
             CompiledForward,
             CompiledStep,
             CompileUnavailable,
@@ -275,6 +276,8 @@ class Recognizer:
                 try:
                     compile_package(decoder, path, conv_dtype)
                     ready[attribute] = package_type.load(path, decoder, conv_dtype)
+                except CompileCancelled as e:
+                    return f"not compiled: {e}"
                 except CompileUnavailable as e:
                     log.warning("runs eagerly: %s", e)
                     problems.append(str(e))

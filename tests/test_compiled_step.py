@@ -338,6 +338,22 @@ def test_where_no_process_can_compile_recognition_runs_eagerly(tiny_checkpoint, 
     assert rec.recognize(ink_for(SYNTHETIC_EXPRESSIONS[0]), 3).tokens == SYNTHETIC_EXPRESSIONS[0].split()
 
 
+def test_a_quitting_app_starts_no_compile(tiny_checkpoint, tmp_path, monkeypatch):
+    # at exit, the background thread went on to the next package and started a process while
+    # the interpreter shut down ("terminate called without an active exception")
+    import threading
+
+    from model import compiled_step
+
+    quitting = threading.Event()
+    quitting.set()
+    monkeypatch.setattr(compiled_step, "_exiting", quitting)
+    rec = Recognizer.load(tiny_checkpoint, device="cpu")
+    message = rec.use_compiled_step(tmp_path, compile_if_missing="now")
+    assert message == "not compiled: the app is quitting"  # and the second package was not tried
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_compiling_process_that_dies_leaves_the_eager_step(tiny_checkpoint, tmp_path, monkeypatch):
     # killed (out of memory, by the user) before it could say why: the child here ends at
     # once with an error, having sent nothing
