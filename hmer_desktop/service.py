@@ -93,12 +93,6 @@ class RecognitionService:
     def checkpoint(self) -> Path | None:
         return self._checkpoint
 
-    @property
-    def decoder_status(self) -> str:
-        """How the loaded model's decoder runs (compiled or eagerly, and why), in words."""
-        recognizer = self._recognizer
-        return "no model loaded" if recognizer is None else getattr(recognizer, "decoder_status", "eager")
-
     def configure(self, checkpoint: Path | None, device: str) -> None:
         """Use another model; it is loaded by the worker on the next request."""
         with self._lock:

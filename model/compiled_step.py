@@ -468,20 +468,24 @@ def _export_and_compile(decoder: Decoder, job: _Job) -> None:
         torch._inductor.aoti_compile_and_package(program, package_path=job.tmp, inductor_configs=configs)
 
 
+def _remove_older_than(files: list[Path], max_age_s: float) -> list[Path]:
+    """Delete those of `files` last modified more than `max_age_s` ago; returns them."""
+    removed = []
+    now = time.time()
+    for file in files:
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to delete
+            if now - file.stat().st_mtime > max_age_s:
+                file.unlink()
+                removed.append(file)
+    return removed
+
+
 def remove_stale_partials(folder: Path, max_age_s: float = 3600.0) -> list[Path]:
     """Delete what compiles cut short left behind (the app quit while compiling in the
     background, whose thread then never reaches its cleanup), and model libraries extracted
     to be loaded and never removed (a crash between the two; Windows keeps a loaded
     library's file). A file younger than `max_age_s` may be another app's, in use, and is kept."""
-    removed = []
-    now = time.time()
-    leftovers = [*folder.glob(f"{PARTIAL_PREFIX}*"), *folder.glob(f"{EXTRACTED_PREFIX}*")]  # cut short too
-    for partial in leftovers:
-        with contextlib.suppress(OSError):
-            if now - partial.stat().st_mtime > max_age_s:
-                partial.unlink()
-                removed.append(partial)
-    return removed
+    return _remove_older_than([*folder.glob(f"{PARTIAL_PREFIX}*"), *folder.glob(f"{EXTRACTED_PREFIX}*")], max_age_s)
 
 
 UNUSED_PACKAGE_AGE_S = 30 * 24 * 3600.0
@@ -492,16 +496,8 @@ def remove_unused_packages(folder: Path, keep: list[Path], max_age_s: float = UN
     hmer or torch compiles new ones (22 MB a pair), and the old would stay in the cache for
     good. A package's modification time is its last use (`mark_used`); a package of another
     installation sharing the cache, still in use there, is kept."""
-    removed = []
-    now = time.time()
-    for package in [*folder.glob("step-*.pt2"), *folder.glob("forced-*.pt2")]:
-        if package in keep:
-            continue
-        with contextlib.suppress(OSError):
-            if now - package.stat().st_mtime > max_age_s:
-                package.unlink()
-                removed.append(package)
-    return removed
+    packages = [p for p in (*folder.glob("step-*.pt2"), *folder.glob("forced-*.pt2")) if p not in keep]
+    return _remove_older_than(packages, max_age_s)
 
 
 def mark_used(package: Path) -> None:
